@@ -1,0 +1,129 @@
+"""Attention with interchangeable kernels behind one signature.
+
+Backends: `flash` (flash-attn, CUDA, fp16/bf16), `sdpa` (torch.nn.functional.
+scaled_dot_product_attention), `eager` (explicit softmax, the readable reference), and `auto`
+(flash when it can run, else sdpa). Position schemes plug in as:
+
+- SeqPE `attn_scalar` (SEQPE.md §4): logit(i, j) = scale * (q_i.k_j + s * pe_q_i.pe_k_j). We
+  concatenate `s * pe_q` to q and `pe_k` to k, so every kernel computes it as an ordinary
+  dot product with an explicit scale: no [B, H, N, N] bias is ever built on a fused path.
+- rotary: `(cos, sin)` rotate q and k before the kernel.
+- ALiBi: flash-attn takes the slopes; sdpa and eager add the (unavoidable) distance bias.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional: the [gpu] extra
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the machine
+    flash_attn_func = None
+
+BACKENDS = ("auto", "flash", "sdpa", "eager")
+
+
+def flash_available(q: torch.Tensor) -> bool:
+    """Whether flash-attn can run on this tensor (installed, CUDA, half precision)."""
+    return flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+
+
+def resolve_backend(backend: str, q: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "flash" if flash_available(q) else "sdpa"
+    if backend == "flash" and not flash_available(q):
+        raise RuntimeError("attention backend 'flash' needs flash-attn installed (pip install '.[gpu]'), "
+                           f"a CUDA tensor and fp16/bf16; got {q.device} {q.dtype}")
+    return backend
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + d/2) of `x` [B, H, N, d] by angles given as cos/sin [B|1, N, d/2]."""
+    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+
+
+def alibi_bias(slopes: torch.Tensor, n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
+    """The ALiBi bias [H, Nq, Nk] = -slope * |i - j| (queries aligned to the last keys, as flash-attn)."""
+    i = torch.arange(n_query, device=device)[:, None] + (n_key - n_query)
+    j = torch.arange(n_key, device=device)[None, :]
+    return -slopes.to(device=device, dtype=torch.float32)[:, None, None] * (i - j).abs()
+
+
+def _heads_first(pe: torch.Tensor, batch: int) -> torch.Tensor:
+    """SeqPE extras `[N, H, p]` or `[B|1, N, H, p]` → `[B, H, N, p]`."""
+    if pe.dim() == 3:
+        pe = pe.unsqueeze(0)
+    return pe.transpose(1, 2).expand(batch, -1, -1, -1)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+              scale: Optional[float] = None, backend: str = "auto",
+              pe_q: Optional[torch.Tensor] = None, pe_k: Optional[torch.Tensor] = None,
+              pe_scale: float = 1.0, rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+              alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """Multi-head attention on q/k/v `[B, H, N, head_dim]` → `[B, H, N, head_dim]`.
+
+    `scale` defaults to 1/sqrt(head_dim) of q *before* any SeqPE concatenation, as SEQPE.md §4
+    applies it to the whole logit.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if rotary is not None:
+        q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+    if (pe_q is None) != (pe_k is None):
+        raise ValueError("pe_q and pe_k come together")
+    if pe_q is not None:
+        q = torch.cat([q, pe_scale * _heads_first(pe_q, q.shape[0]).to(q.dtype)], dim=-1)
+        k = torch.cat([k, _heads_first(pe_k, k.shape[0]).to(k.dtype)], dim=-1)
+    kernel = _KERNELS[resolve_backend(backend, q)]
+    return kernel(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes, dropout_p=dropout_p)
+
+
+def _future(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
+    """True where a query would see a later key (queries aligned to the last keys)."""
+    return torch.ones(n_query, n_key, dtype=torch.bool, device=device).triu(n_key - n_query + 1)
+
+
+def _eager(q, k, v, *, causal, scale, alibi_slopes, dropout_p):
+    logits = (q @ k.transpose(-1, -2)).float() * scale
+    n_query, n_key = logits.shape[-2:]
+    if alibi_slopes is not None:
+        logits = logits + alibi_bias(alibi_slopes, n_query, n_key, q.device)
+    if causal:
+        logits = logits.masked_fill(_future(n_query, n_key, q.device), float("-inf"))
+    weights = F.dropout(logits.softmax(-1), p=dropout_p).to(v.dtype)
+    return weights @ v
+
+
+def _sdpa(q, k, v, *, causal, scale, alibi_slopes, dropout_p):
+    mask = None
+    if alibi_slopes is not None:
+        mask = alibi_bias(alibi_slopes, q.shape[-2], k.shape[-2], q.device).to(q.dtype)
+        if causal:
+            mask = mask.masked_fill(_future(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    width = v.shape[-1]
+    if q.is_cuda and width != q.shape[-1]:
+        # CUDA's fused kernels want equal widths; zero value channels change nothing.
+        v = F.pad(v, (0, q.shape[-1] - width))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                         is_causal=causal and mask is None, scale=scale)
+    return out[..., :width]
+
+
+def _flash(q, k, v, *, causal, scale, alibi_slopes, dropout_p):
+    # flash-attn wants [B, N, H, d], one head width for q, k and v, a multiple of 8.
+    width = -(-max(q.shape[-1], v.shape[-1]) // 8) * 8
+    pad = lambda x: F.pad(x, (0, width - x.shape[-1])).transpose(1, 2)
+    slopes = None if alibi_slopes is None else alibi_slopes.to(device=q.device, dtype=torch.float32)
+    out = flash_attn_func(pad(q), pad(k), pad(v), dropout_p=dropout_p, softmax_scale=scale,
+                          causal=causal, alibi_slopes=slopes)
+    return out.transpose(1, 2)[..., : v.shape[-1]]
+
+
+_KERNELS = {"eager": _eager, "sdpa": _sdpa, "flash": _flash}

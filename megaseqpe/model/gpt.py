@@ -1,0 +1,122 @@
+"""A GPT-2 style decoder that takes any position module.
+
+The model never asks which position scheme it has: it adds `signal.input_embedding` when there
+is one and hands each layer's `AttentionExtras` to the attention call. Parallelism (DeepSpeed
+ZeRO) is applied from outside, by the trainer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..positions.base import AttentionExtras, PositionEncoding, PositionSignal, default_positions
+from .attention import attention
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.backend = config.n_head, config.attention_backend
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.attention_dropout = config.attention_dropout
+        self.residual_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, extras: AttentionExtras) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
+        y = attention(q, k, v, causal=True, backend=self.backend,
+                      dropout_p=self.attention_dropout if self.training else 0.0, **extras.as_kwargs())
+        return self.residual_dropout(self.out(y.transpose(1, 2).reshape(batch, length, width)))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.d_model, 4 * config.d_model, bias=config.bias)
+        self.down = nn.Linear(4 * config.d_model, config.d_model, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN Transformer block."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm_attention = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.attention = CausalSelfAttention(config)
+        self.norm_mlp = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, extras: AttentionExtras) -> torch.Tensor:
+        x = x + self.attention(self.norm_attention(x), extras)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+@dataclass
+class GPTOutput:
+    logits: torch.Tensor  # [B, N, vocab]
+    loss: Optional[torch.Tensor]  # mean next-token cross-entropy, when targets were given
+    position_signal: PositionSignal  # carries SeqPE's extra embeddings and unique-position count
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig, position: PositionEncoding) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.final_norm = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+        self._init_trunk(config)
+        # Attached after the trunk's init: the position module keeps its own initialisation.
+        self.position = position
+
+    def _init_trunk(self, config: ModelConfig) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        # GPT-2: residual projections scaled down with depth so the residual stream stays O(1).
+        for block in self.blocks:
+            for projection in (block.attention.out, block.mlp.down):
+                nn.init.normal_(projection.weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def forward(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
+                targets: Optional[torch.Tensor] = None,
+                extra_positions: Sequence[torch.Tensor] = ()) -> GPTOutput:
+        """tokens `[B, N]`; positions `[B|1, N, n_dims]` (default 0..N-1); targets `[B, N]`.
+
+        `extra_positions` go through the position module in the same pass as `positions`
+        (SeqPE objectives); their embeddings come back in `position_signal.extra_embeddings`.
+        """
+        if positions is None:
+            positions = default_positions(tokens.shape[1], tokens.device)
+        signal = self.position(positions, extra_positions)
+        x = self.token_embedding(tokens)
+        if signal.input_embedding is not None:
+            x = x + signal.input_embedding.to(x.dtype)
+        x = self.dropout(x)
+        for index, block in enumerate(self.blocks):
+            x = block(x, signal.for_layer(index))
+        logits = self.lm_head(self.final_norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return GPTOutput(logits=logits, loss=loss, position_signal=signal)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,89 @@
+"""The one interface between a position scheme and the model.
+
+A model hands its position module the positions of its tokens and gets back a
+`PositionSignal`: what to add to the input embeddings and, per layer, what the attention
+needs (SeqPE q/k extras, rotary tables, ALiBi slopes). Every field may be empty, so the model
+applies whatever is there and never asks which scheme produced it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AttentionExtras:
+    """Per-layer inputs to `megaseqpe.model.attention.attention` beyond q, k and v.
+
+    pe_q, pe_k: `[B|1, N, heads, pe_head_dim]`, SeqPE `attn_scalar` (logit += pe_scale * pe_q.pe_k).
+    rotary: `(cos, sin)`, each `[B|1, N, head_dim // 2]`, applied to q and k.
+    alibi_slopes: `[heads]`, a linear distance penalty per head.
+    """
+
+    pe_q: Optional[torch.Tensor] = None
+    pe_k: Optional[torch.Tensor] = None
+    pe_scale: float = 1.0
+    rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    alibi_slopes: Optional[torch.Tensor] = None
+
+    def as_kwargs(self) -> dict:
+        return {"pe_q": self.pe_q, "pe_k": self.pe_k, "pe_scale": self.pe_scale,
+                "rotary": self.rotary, "alibi_slopes": self.alibi_slopes}
+
+
+@dataclass
+class PositionSignal:
+    """Everything a position scheme contributes to one forward pass."""
+
+    input_embedding: Optional[torch.Tensor] = None  # [B|1, N, d_model], added to token embeddings
+    layers: Sequence[AttentionExtras] = field(default_factory=list)  # one per layer, or one shared
+    extra_embeddings: list[torch.Tensor] = field(default_factory=list)  # for the SeqPE objectives
+    unique_positions: int = 0  # how many distinct positions were encoded (SeqPE only)
+
+    def for_layer(self, index: int) -> AttentionExtras:
+        if not self.layers:
+            return AttentionExtras()
+        return self.layers[index] if len(self.layers) > 1 else self.layers[0]
+
+
+class PositionEncoding(nn.Module):
+    """Base class of every position scheme: positions `[B|1, N, n_dims]` → `PositionSignal`.
+
+    `extra_positions` are further position tensors encoded in the same pass (SeqPE's
+    contrastive and distillation positions); schemes without an encoder reject them.
+    """
+
+    #: How lengths beyond training are reached at evaluation: "extend" or "interpolate".
+    extrapolation: str = "extend"
+
+    def __init__(self, n_dims: int = 1) -> None:
+        super().__init__()
+        self.n_dims = n_dims
+
+    def forward(self, positions: torch.Tensor,
+                extra_positions: Sequence[torch.Tensor] = ()) -> PositionSignal:
+        if extra_positions:
+            raise ValueError(f"{type(self).__name__} has no position encoder: extra positions "
+                             "(contrastive/distillation) are a SeqPE feature")
+        self._check_positions(positions)
+        return self.signal(positions)
+
+    def signal(self, positions: torch.Tensor) -> PositionSignal:
+        """The scheme's contribution for checked positions `[B|1, N, n_dims]`."""
+        return PositionSignal()
+
+    def _check_positions(self, positions: torch.Tensor) -> None:
+        if positions.dim() != 3 or positions.shape[-1] != self.n_dims:
+            raise ValueError(f"positions must be [batch, seq, {self.n_dims}], got {tuple(positions.shape)}")
+        if bool((positions < 0).any()):
+            raise ValueError("positions must be non-negative")
+
+
+def default_positions(seq_len: int, device: torch.device, n_dims: int = 1) -> torch.Tensor:
+    """Positions `[1, seq_len, 1]` = 0 .. seq_len-1, shared by every row of a batch."""
+    if n_dims != 1:
+        raise ValueError(f"default positions are 1-D; pass explicit {n_dims}-D positions")
+    return torch.arange(seq_len, device=device).view(1, seq_len, 1)

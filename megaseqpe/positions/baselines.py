@@ -1,0 +1,114 @@
+"""The baselines of SEQPE.md §9, behind the same interface as SeqPE.
+
+Learned absolute (a GPT-2 table), sinusoidal, RoPE, ALiBi and NoPE. Sinusoidal and RoPE take
+n-D positions by giving each dimension its own share of the channels (axial).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ConfigError
+from .base import AttentionExtras, PositionEncoding, PositionSignal
+
+
+class NoPE(PositionEncoding):
+    """No position signal: the causal mask alone tells the model about order."""
+
+
+class LearnedAbsolute(PositionEncoding):
+    """A learned table of `max_seq_len` vectors added to the token embeddings.
+
+    A table cannot extend past its rows. Set `interpolate = True` (evaluation) to stretch it
+    linearly over a longer sequence instead; without it, longer sequences are an error.
+    """
+
+    extrapolation = "interpolate"
+
+    def __init__(self, max_seq_len: int, d_model: int, n_dims: int = 1) -> None:
+        super().__init__(n_dims)
+        if n_dims != 1:
+            raise ConfigError("position.n_dims: the learned table here is 1-D")
+        self.table = nn.Embedding(max_seq_len, d_model)
+        nn.init.normal_(self.table.weight, std=0.02)
+        self.interpolate = False
+
+    def signal(self, positions: torch.Tensor) -> PositionSignal:
+        rows = self.table.num_embeddings
+        needed = int(positions.max()) + 1
+        weight = self.table.weight
+        if needed > rows:
+            if not self.interpolate:
+                raise ValueError(f"position {needed - 1} is beyond the learned table of {rows} positions "
+                                 f"(model.max_seq_len={rows}); longer sequences need interpolation")
+            # Position p of a length-`needed` sequence reads row p * (rows-1) / (needed-1).
+            weight = F.interpolate(weight.t()[None], size=needed, mode="linear", align_corners=True)[0].t()
+        return PositionSignal(input_embedding=F.embedding(positions[..., 0], weight))
+
+
+def _inverse_frequencies(channels: int, base: float, device: torch.device) -> torch.Tensor:
+    """The `channels // 2` frequencies 1 / base^(2i / channels) of sinusoidal and rotary codes."""
+    return base ** (-torch.arange(0, channels, 2, device=device, dtype=torch.float32) / channels)
+
+
+def _axial_angles(positions: torch.Tensor, channels_per_dim: int, base: float) -> torch.Tensor:
+    """Angles `[..., n_dims * channels_per_dim // 2]`: each dimension uses its own channels."""
+    frequencies = _inverse_frequencies(channels_per_dim, base, positions.device)
+    return (positions.float().unsqueeze(-1) * frequencies).flatten(-2)
+
+
+class Sinusoidal(PositionEncoding):
+    """Fixed sin/cos codes added to the input (Vaswani et al.); defined for any position."""
+
+    def __init__(self, d_model: int, n_dims: int = 1, base: float = 10000.0) -> None:
+        super().__init__(n_dims)
+        if d_model % (2 * n_dims):
+            raise ConfigError(f"model.d_model={d_model} must be divisible by {2 * n_dims} for sinusoidal codes")
+        self.channels_per_dim, self.base = d_model // n_dims, base
+
+    def signal(self, positions: torch.Tensor) -> PositionSignal:
+        angles = _axial_angles(positions, self.channels_per_dim, self.base)
+        return PositionSignal(input_embedding=torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+
+class Rotary(PositionEncoding):
+    """RoPE (Su et al.): q and k rotated by position-dependent angles, so q.k sees only i - j."""
+
+    def __init__(self, head_dim: int, n_dims: int = 1, base: float = 10000.0) -> None:
+        super().__init__(n_dims)
+        if head_dim % (2 * n_dims):
+            raise ConfigError(f"RoPE needs head_dim={head_dim} divisible by {2 * n_dims}")
+        self.channels_per_dim, self.base = head_dim // n_dims, base
+
+    def signal(self, positions: torch.Tensor) -> PositionSignal:
+        angles = _axial_angles(positions, self.channels_per_dim, self.base)
+        return PositionSignal(layers=[AttentionExtras(rotary=(angles.cos(), angles.sin()))])
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """Press et al.'s head slopes: a geometric sequence, interleaved when heads are not 2^k."""
+    def power_of_two(n: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start ** i for i in range(n)]
+
+    if math.log2(n_head).is_integer():
+        return torch.tensor(power_of_two(n_head))
+    closest = 2 ** math.floor(math.log2(n_head))
+    extra = power_of_two(2 * closest)[0::2][: n_head - closest]
+    return torch.tensor(power_of_two(closest) + extra)
+
+
+class ALiBi(PositionEncoding):
+    """A per-head linear penalty on query-key distance; fused kernels take the slopes directly."""
+
+    def __init__(self, n_head: int, n_dims: int = 1) -> None:
+        super().__init__(n_dims)
+        if n_dims != 1:
+            raise ConfigError("position.n_dims: ALiBi is defined for 1-D sequences")
+        self.register_buffer("slopes", alibi_slopes(n_head), persistent=False)
+
+    def signal(self, positions: torch.Tensor) -> PositionSignal:
+        return PositionSignal(layers=[AttentionExtras(alibi_slopes=self.slopes)])

@@ -1,0 +1,54 @@
+"""Positions as digit tokens (SEQPE.md §1).
+
+A position is an n-dimensional tuple of non-negative integers. Each coordinate is written in
+base `b`, left-padded with the digit 0 to `max_digits` digits, and the per-dimension digit
+strings are concatenated. Conversion is tensor arithmetic on the positions' own device.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def digits_needed(max_position: int, base: int = 10) -> int:
+    """Digits that the largest encodable position, `max_position - 1`, needs in `base`."""
+    if max_position < 1:
+        raise ValueError(f"max_position must be at least 1, got {max_position}")
+    largest, digits = max_position - 1, 1
+    while largest >= base:
+        largest //= base
+        digits += 1
+    return digits
+
+
+def check_encodable(positions: torch.Tensor, max_digits: int, base: int = 10) -> None:
+    """Raise a ValueError naming the first position that `max_digits` digits cannot write."""
+    if positions.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
+    if base < 2:
+        raise ValueError(f"base must be at least 2, got {base}")
+    limit = base ** max_digits
+    bad = (positions < 0) | (positions >= limit)
+    if bool(bad.any()):
+        index = bad.nonzero()[0].tolist()
+        where = tuple(index[:-1])
+        position = tuple(positions[where].tolist()) if positions.dim() > 1 else positions.tolist()
+        raise ValueError(
+            f"position {position} (at index {where}) cannot be written with {max_digits} base-{base} "
+            f"digits: encodable coordinates are 0..{limit - 1}")
+
+
+def to_digits(positions: torch.Tensor, max_digits: int, base: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write positions `[..., n_dims]` (int64) as digits `[..., n_dims * max_digits]`.
+
+    Returns `(digits, pad_mask)`; `pad_mask` is 1 on significant digits and 0 on the
+    left padding (the last digit always counts, so 0 is written `0 ... 0` with mask `0 ... 1`).
+    A position that needs more than `max_digits` digits raises a ValueError naming it:
+    it cannot be represented, and wrapping or clamping would silently alias two positions.
+    """
+    check_encodable(positions, max_digits, base)
+    powers = base ** torch.arange(max_digits - 1, -1, -1, device=positions.device, dtype=torch.int64)
+    value = positions.to(torch.int64).unsqueeze(-1)  # [..., n_dims, 1]
+    digits = torch.div(value, powers, rounding_mode="floor") % base
+    pad_mask = value >= powers
+    pad_mask[..., -1] = True
+    return digits.flatten(-2), pad_mask.flatten(-2).to(torch.int64)

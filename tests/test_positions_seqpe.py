@@ -1,0 +1,127 @@
+import pytest
+import torch
+
+from megaseqpe.config import Config, ModelConfig, PositionConfig
+from megaseqpe.positions import SeqPE, build_position_encoding
+
+
+def make_seqpe(n_dims=1, use="attn_scalar", proj="single", **position) -> SeqPE:
+    torch.manual_seed(0)
+    model = ModelConfig(n_layer=3, n_head=4, d_model=32, max_seq_len=16)
+    position = PositionConfig(type="seqpe", n_dims=n_dims, max_position=1000, use=use, attn_scalar_proj=proj,
+                              encoder_dropout=0.0, contrastive_num=8, **position)
+    return build_position_encoding(Config(model=model, position=position))
+
+
+def count_encoder_calls(module: SeqPE) -> list:
+    calls = []
+    module.encoder.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    return calls
+
+
+@pytest.mark.parametrize("n_dims", [1, 2])
+def test_unique_batching_equals_encoding_every_occurrence(n_dims):
+    module = make_seqpe(n_dims=n_dims).double()  # float64: the two sums differ only in order
+    generator = torch.Generator().manual_seed(1)
+    main = torch.randint(0, 20, (4, 16, n_dims), generator=generator)  # many repeats
+    pivots = torch.randint(0, 999, (6, n_dims), generator=generator)
+    candidates = torch.cat([pivots[:, None] + 1, main[:3, :4].reshape(6, 2, n_dims)], 1).clamp(max=999)  # overlaps
+    calls = count_encoder_calls(module)
+
+    unique = module.encode(main, pivots, candidates)
+    assert len(calls) == 1, "one encoder pass for every tensor"
+    everything = torch.cat([t.reshape(-1, n_dims) for t in (main, pivots, candidates)])
+    assert calls[0] == torch.unique(everything, dim=0).shape[0] < everything.shape[0]
+
+    weights = [torch.randn(t.shape, generator=generator, dtype=torch.float64) for t in unique]
+    sum((u * w).sum() for u, w in zip(unique, weights)).backward()
+    grads_unique = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    module.zero_grad()
+
+    naive = [module.encoder(t.reshape(-1, n_dims)).view(*t.shape[:-1], -1) for t in (main, pivots, candidates)]
+    for u, n in zip(unique, naive):
+        torch.testing.assert_close(u, n, rtol=1e-10, atol=1e-12)
+    sum((n * w).sum() for n, w in zip(naive, weights)).backward()
+    assert grads_unique.keys() == {n for n, p in module.named_parameters() if p.grad is not None}
+    for name, param in module.named_parameters():
+        if name in grads_unique:
+            torch.testing.assert_close(grads_unique[name], param.grad, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_forward_puts_main_and_extra_positions_through_one_pass():
+    module = make_seqpe(proj="multi")
+    calls = count_encoder_calls(module)
+    positions = torch.arange(16).view(1, 16, 1)
+    extra = [torch.tensor([[3], [500]]), torch.tensor([[[4], [15], [600]]])]
+    signal = module(positions, extra)
+    assert calls == [18]  # 16 + {500, 600}: 3, 4 and 15 are already in the main window
+    assert signal.unique_positions == 18
+    assert len(signal.layers) == 3 and signal.layers[0].pe_q.shape == (1, 16, 4, 8)
+    assert [e.shape for e in signal.extra_embeddings] == [(2, 32), (1, 3, 32)]
+    torch.testing.assert_close(signal.extra_embeddings[0][0], module.encode(torch.tensor([[3]]))[0][0])
+
+
+def test_input_add_gives_an_input_embedding_and_no_attention_extras():
+    module = make_seqpe(use="input_add")
+    signal = module(torch.arange(10).view(1, 10, 1))
+    assert signal.input_embedding.shape == (1, 10, 32) and not signal.layers
+
+
+def test_inference_table_is_computed_once_and_matches_training_path():
+    module = make_seqpe()
+    positions = torch.arange(16).view(1, 16, 1)
+    with torch.no_grad():
+        reference = module(positions)  # training mode: the unique path
+    module.eval()
+    calls = count_encoder_calls(module)
+    with torch.no_grad():
+        first = module(positions)
+        second = module(torch.arange(8).view(1, 8, 1))
+        shifted = module(torch.arange(100, 116).view(1, 16, 1))  # beyond the table: grows it once
+        again = module(torch.arange(50, 60).view(1, 10, 1))
+    assert len(calls) == 2
+    torch.testing.assert_close(first.layers[0].pe_q, reference.layers[0].pe_q)
+    torch.testing.assert_close(second.layers[0].pe_k, reference.layers[0].pe_k[:, :8])
+    assert shifted.layers[0].pe_q.shape == (1, 16, 4, 8) and again.layers[0].pe_q.shape == (1, 10, 4, 8)
+
+
+def test_inference_table_is_rebuilt_after_the_parameters_change():
+    module = make_seqpe(use="input_add").eval()
+    positions = torch.arange(8).view(1, 8, 1)
+    with torch.no_grad():
+        before = module(positions).input_embedding
+        module.encoder.out_proj.bias.add_(1.0)  # as an optimizer step or a checkpoint load would
+        after = module(positions).input_embedding
+    torch.testing.assert_close(after, before + 1.0)
+
+
+def test_two_dimensional_inference_table_matches_direct_encoding():
+    module = make_seqpe(n_dims=2, use="input_add").eval()
+    grid = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij"), -1).view(1, 15, 2)
+    with torch.no_grad():
+        cached = module(grid).input_embedding
+        direct = module.encoder(grid[0])
+    torch.testing.assert_close(cached[0], direct)
+
+
+def test_positions_beyond_the_encodable_range_are_a_clear_error():
+    module = make_seqpe()  # max_position 1000 → 3 digits
+    with pytest.raises(ValueError, match=r"position \(1000,\).*3 base-10 digits"):
+        module(torch.arange(990, 1001).view(1, 11, 1))
+
+
+def test_padding_mask_keeps_outputs_finite_and_changes_them():
+    plain = make_seqpe(use="input_add")
+    masked = make_seqpe(use="input_add", mask_padding=True)
+    positions = torch.tensor([[[0], [7], [42], [999]]])
+    a, b = plain(positions).input_embedding, masked(positions).input_embedding
+    assert torch.isfinite(b).all()
+    assert not torch.allclose(a[0, :3], b[0, :3])
+    torch.testing.assert_close(a[0, 3], b[0, 3])  # 999 has no padding digit
+
+
+def test_bidirectional_encoder_differs_from_causal():
+    causal = make_seqpe(use="input_add")
+    bi = make_seqpe(use="input_add", attn_direction="bi")
+    positions = torch.tensor([[[12], [345]]])
+    assert not torch.allclose(causal(positions).input_embedding, bi(positions).input_embedding)
