@@ -5,7 +5,7 @@ import torch
 
 from megaseqpe.config import Config, ModelConfig, PositionConfig
 from megaseqpe.model import build_gpt
-from megaseqpe.positions import ContrastiveObjective, DistillationObjective
+from megaseqpe.positions import SeqPEObjectives
 
 VOCAB, LENGTH, BATCH, STEPS = 48, 32, 8, 150
 
@@ -41,23 +41,19 @@ def test_every_position_type_learns(position_type, knobs):
     cfg = config(position_type, **knobs)
     model = build_gpt(cfg)
     seqpe = position_type == "seqpe"
-    contrastive = ContrastiveObjective(cfg.position, cfg.model.n_head) if seqpe else None
-    distillation = DistillationObjective(cfg.position, cfg.model.n_head) if seqpe else None
+    objectives = SeqPEObjectives(cfg.position, cfg.model.n_head) if seqpe else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)
     losses = []
     for step, (tokens, targets) in zip(range(STEPS), repetitive_batches(0)):
-        extra = []
-        if seqpe:  # the objectives' positions join the model's in one encoder pass
-            ct = contrastive.sample(rng)
-            kd = distillation.sample((LENGTH,), np.random.default_rng(step), rng)
-            extra = [*ct.positions, *kd.positions]
-        out = model(tokens, targets=targets, extra_positions=extra)
+        extra = objectives.sample((LENGTH,), np.random.default_rng(step), rng) if seqpe else None
+        # The objectives' positions join the model's in one encoder pass.
+        out = model(tokens, targets=targets, extra_positions=extra.positions if seqpe else ())
         loss = out.loss
         if seqpe:
-            pivots, candidates, teacher, student = out.position_signal.extra_embeddings
-            loss = loss + 0.1 * contrastive.loss(pivots, candidates, ct.labels) + \
-                0.1 * distillation.loss(teacher, student)
+            aux = objectives.losses(extra, out.position_signal.extra_embeddings)
+            assert set(aux) == {"seqpe_contrastive_loss", "seqpe_distill_loss"}
+            loss = loss + objectives.weighted(aux)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -5,7 +5,7 @@ from ..config import Config
 from .base import AttentionExtras, PositionEncoding, PositionSignal, default_positions
 from .baselines import ALiBi, LearnedAbsolute, NoPE, Rotary, Sinusoidal
 from .digits import digits_needed, to_digits
-from .objectives import ContrastiveObjective, DistillationObjective
+from .objectives import ContrastiveObjective, DistillationObjective, ObjectiveSample, SeqPEObjectives
 from .seqpe import SeqPE, SeqPEEncoder
 
 _BUILDERS = {
@@ -25,6 +25,7 @@ def build_position_encoding(config: Config) -> PositionEncoding:
 
 __all__ = [
     "ALiBi", "AttentionExtras", "ContrastiveObjective", "DistillationObjective", "LearnedAbsolute",
-    "NoPE", "PositionEncoding", "PositionSignal", "Rotary", "SeqPE", "SeqPEEncoder", "Sinusoidal",
+    "NoPE", "ObjectiveSample", "PositionEncoding", "PositionSignal", "Rotary", "SeqPE", "SeqPEEncoder",
+    "SeqPEObjectives", "Sinusoidal",
     "build_position_encoding", "default_positions", "digits_needed", "to_digits",
 ]

@@ -10,7 +10,7 @@ across ranks (the distillation teacher) and which are per rank (everything else)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -183,3 +183,54 @@ class DistillationObjective:
         if self.heads is not None:  # [E, m, D] → [E, heads, m, D/heads]
             embeddings = embeddings.unflatten(-1, (self.heads, -1)).transpose(-3, -2)
         return embeddings @ embeddings.transpose(-1, -2)
+
+
+@dataclass
+class ObjectiveSample:
+    """What `SeqPEObjectives.sample` drew for one step."""
+
+    contrastive: Optional[ContrastiveBatch]
+    distillation: Optional[DistillationBatch]
+
+    @property
+    def positions(self) -> list[torch.Tensor]:
+        """The tensors to pass as `extra_positions`, in the order `SeqPEObjectives.loss` reads them."""
+        return [p for batch in (self.contrastive, self.distillation) if batch is not None for p in batch.positions]
+
+
+class SeqPEObjectives:
+    """Both regularisers with their weights: sample the step's positions, then weigh the losses.
+
+    An objective whose weight is 0 is neither sampled nor computed.
+    """
+
+    def __init__(self, config: PositionConfig, n_head: int) -> None:
+        self.contrastive_weight, self.transfer_weight = config.contrastive_weight, config.transfer_weight
+        self.contrastive = ContrastiveObjective(config, n_head) if config.contrastive_weight > 0 else None
+        self.distillation = DistillationObjective(config, n_head) if config.transfer_weight > 0 else None
+
+    def sample(self, train_extents: tuple[int, ...], shared_rng: np.random.Generator,
+               local_rng: np.random.Generator, device: torch.device | str = "cpu",
+               distill: bool = True) -> ObjectiveSample:
+        """`distill=False` skips distillation (the reference distils only on unshifted steps)."""
+        contrastive = self.contrastive.sample(local_rng, device) if self.contrastive else None
+        distillation = None
+        if self.distillation and distill:
+            distillation = self.distillation.sample(train_extents, shared_rng, local_rng, device)
+        return ObjectiveSample(contrastive, distillation)
+
+    def losses(self, sample: ObjectiveSample, embeddings: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`{"seqpe_contrastive_loss", "seqpe_distill_loss"}` (unweighted) for what was sampled."""
+        embeddings = list(embeddings)
+        losses = {}
+        if sample.contrastive is not None:
+            pivots, candidates = embeddings.pop(0), embeddings.pop(0)
+            losses["seqpe_contrastive_loss"] = self.contrastive.loss(pivots, candidates, sample.contrastive.labels)
+        if sample.distillation is not None:
+            teacher, student = embeddings.pop(0), embeddings.pop(0)
+            losses["seqpe_distill_loss"] = self.distillation.loss(teacher, student)
+        return losses
+
+    def weighted(self, losses: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        weights = {"seqpe_contrastive_loss": self.contrastive_weight, "seqpe_distill_loss": self.transfer_weight}
+        return sum(weights[name] * value for name, value in losses.items())
