@@ -70,7 +70,9 @@ class PositionConfig:
     encoder_heads: Optional[int] = None  # None = the model's heads
     attn_direction: str = "causal"  # causal | bi
     mask_padding: bool = False
-    final_layernorm: bool = True
+    # None: on for attn_scalar (the reference text runs); off for input_add, whose output is added
+    # to token embeddings of std 0.02 that a unit-scale LayerNorm output would drown.
+    final_layernorm: Optional[bool] = None
     temperature: float = 1.0
     encoder_dropout: float = 0.1  # residual/MLP dropout inside the encoder
     encoder_attention_dropout: float = 0.0
@@ -105,6 +107,8 @@ class PositionConfig:
         _choice(self.use, "position.use", ("input_add", "attn_scalar"))
         _choice(self.attn_scalar_proj, "position.attn_scalar_proj", ("single", "multi"))
         _choice(self.transfer_loss, "position.transfer_loss", ("kl", "mse"))
+        if self.final_layernorm is None:
+            self.final_layernorm = self.use == "attn_scalar"
         for key in ("n_dims", "max_position", "encoder_layers", "contrastive_batch_size",
                     "contrastive_num", "dist_sample_range", "transfer_batch_size",
                     "random_shift_downsample", "main_batch_size"):

@@ -125,3 +125,14 @@ def test_bidirectional_encoder_differs_from_causal():
     bi = make_seqpe(use="input_add", attn_direction="bi")
     positions = torch.tensor([[[12], [345]]])
     assert not torch.allclose(causal(positions).input_embedding, bi(positions).input_embedding)
+
+
+@pytest.mark.parametrize("n_dims,mask_padding", [(1, False), (1, True), (2, False), (2, True)])
+def test_shared_prefix_tokens_equal_encoding_every_digit(n_dims, mask_padding):
+    """The causal encoder computes each distinct digit prefix once; the result must be exact."""
+    module = make_seqpe(n_dims=n_dims, mask_padding=mask_padding).double()
+    positions = torch.unique(torch.randint(0, 1000, (300, n_dims), generator=torch.Generator().manual_seed(3)), dim=0)
+    shared = module.encoder(positions)
+    module.encoder.share_prefixes = False
+    every_digit = module.encoder(positions)
+    torch.testing.assert_close(shared, every_digit, rtol=1e-10, atol=1e-12)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, ModelConfig, PositionConfig
@@ -17,8 +18,51 @@ from .base import AttentionExtras, PositionEncoding, PositionSignal
 from .digits import check_encodable, digits_needed, to_digits
 
 
+def gpt2_init(module: nn.Module) -> None:
+    """GPT-2's initialisation (normal(0, 0.02) weights, zero biases), which the reference's
+    encoder receives from its host model. PyTorch's default would make SeqPE's output ~30x
+    larger than the token embeddings it is added to."""
+    for sub in module.modules():
+        if isinstance(sub, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(sub.weight, std=0.02)
+        if isinstance(sub, nn.Linear) and sub.bias is not None:
+            nn.init.zeros_(sub.bias)
+
+
+class _EncoderBlock(nn.Module):
+    """Pre-LN Transformer block in which each token attends to an explicit list of key tokens."""
+
+    def __init__(self, width: int, n_head: int, dropout: float, attention_dropout: float) -> None:
+        super().__init__()
+        self.n_head, self.attention_dropout = n_head, attention_dropout
+        self.norm_attention = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.norm_mlp = nn.LayerNorm(width)
+        self.up = nn.Linear(width, 4 * width)
+        self.down = nn.Linear(4 * width, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """x `[T, W]`; token t attends to tokens `keys[t]` `[T, K]` where `visible[t]`."""
+        q, k, v = self.qkv(self.norm_attention(x)).unflatten(-1, (3, self.n_head, -1)).unbind(-3)
+        k, v = k[keys].transpose(1, 2), v[keys].transpose(1, 2)  # [T, heads, K, head_dim]
+        attended = F.scaled_dot_product_attention(
+            q.unsqueeze(2), k, v, attn_mask=visible[:, None, None, :],
+            dropout_p=self.attention_dropout if self.training else 0.0)
+        x = x + self.dropout(self.out(attended.flatten(1)))
+        return x + self.dropout(self.down(F.gelu(self.up(self.norm_mlp(x)))))
+
+
 class SeqPEEncoder(nn.Module):
-    """Digits → pre-LN Transformer → summary token → (LayerNorm) → Linear → / temperature."""
+    """Digits → pre-LN Transformer → summary token → (LayerNorm) → Linear → / temperature.
+
+    Tokens are laid out as a graph: every token lists the tokens it attends to. Under the
+    default causal attention a digit's states depend only on the digits before it, so
+    positions sharing a prefix (0..19999 share 2, 20, 200, 2000 prefixes at slots 0-3) share
+    those tokens: each distinct prefix is computed once, and only the last digit and the
+    summary token are per position. Bidirectional attention gets one token per digit.
+    """
 
     def __init__(self, *, n_dims: int, max_digits: int, base: int, width: int, n_layer: int,
                  n_head: int, out_dim: int, causal: bool = True, mask_padding: bool = False,
@@ -28,51 +72,82 @@ class SeqPEEncoder(nn.Module):
         if width % n_head:
             raise ConfigError(f"position.d_pe: encoder width {width} is not divisible by {n_head} heads")
         self.n_dims, self.max_digits, self.base = n_dims, max_digits, base
-        self.n_head, self.mask_padding, self.temperature = n_head, mask_padding, temperature
-        seq_len = n_dims * max_digits
+        self.causal, self.mask_padding, self.temperature = causal, mask_padding, temperature
+        self.seq_len = n_dims * max_digits
         self.digit_embedding = nn.Embedding(base, width)
-        self.slot_embedding = nn.Embedding(seq_len, width)
+        self.slot_embedding = nn.Embedding(self.seq_len, width)
         # One learned vector per dimension, shared by that dimension's slots: tells rows from columns.
         self.dim_embedding = nn.Embedding(n_dims, width) if n_dims > 1 else None
         self.summary_token = nn.Parameter(torch.randn(width) * 0.02)
         self.dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList()
-        for _ in range(n_layer):
-            layer = nn.TransformerEncoderLayer(width, n_head, 4 * width, dropout, activation="gelu",
-                                               batch_first=True, norm_first=True)
-            # torch uses one dropout for attention and residual; the reference runs want them apart.
-            layer.self_attn.dropout = attention_dropout
-            self.layers.append(layer)
+        self.layers = nn.ModuleList(_EncoderBlock(width, n_head, dropout, attention_dropout) for _ in range(n_layer))
         self.final_norm = nn.LayerNorm(width) if final_layernorm else nn.Identity()
         self.out_proj = nn.Linear(width, out_dim)
-        self.register_buffer("dim_index", torch.arange(n_dims).repeat_interleave(max_digits), persistent=False)
-        # The summary token sits at the END, so under a causal mask it still sees every digit.
-        blocked = torch.ones(seq_len + 1, seq_len + 1).triu(1).bool() if causal else \
-            torch.zeros(seq_len + 1, seq_len + 1, dtype=torch.bool)
-        self.register_buffer("blocked", blocked, persistent=False)
+        self.share_prefixes = causal  # False computes every digit token of every position (tests)
+        gpt2_init(self)
+        self.register_buffer("dim_of_slot", torch.arange(n_dims).repeat_interleave(max_digits), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        """Positions `[U, n_dims]` → embeddings `[U, out_dim]`."""
+        """Positions `[U, n_dims]` (distinct) → embeddings `[U, out_dim]`."""
         digits, significant = to_digits(positions, self.max_digits, self.base)
-        x = self.digit_embedding(digits) + self.slot_embedding.weight
+        build = self._prefix_graph if self.share_prefixes else self._full_graph
+        digit, slot, keys, visible = build(digits, significant.bool())
+        x = self.digit_embedding(digit) + self.slot_embedding(slot)
         if self.dim_embedding is not None:
-            x = x + self.dim_embedding(self.dim_index)
-        x = torch.cat([x, self.summary_token.expand(x.shape[0], 1, -1)], dim=1)
+            x = x + self.dim_embedding(self.dim_of_slot[slot])
+        # The summary tokens come last, one per position: at the END of its sequence, so under a
+        # causal mask it still sees every digit.
+        x = torch.cat([x, self.summary_token.expand(positions.shape[0], -1)])
         x = self.dropout(x)
-        mask = self._attention_mask(significant)
         for layer in self.layers:
-            x = layer(x, src_mask=mask)
-        return self.out_proj(self.final_norm(x[:, -1])) / self.temperature
+            x = layer(x, keys, visible)
+        return self.out_proj(self.final_norm(x[-positions.shape[0]:])) / self.temperature
 
-    def _attention_mask(self, significant: torch.Tensor) -> torch.Tensor:
-        if not self.mask_padding:
-            return self.blocked
-        # Hide padding digits as keys, but let every token see itself: a row with no visible key
-        # would give NaNs that leak into the summary token through the next layer's values.
-        pad_key = torch.cat([significant == 0, torch.zeros_like(significant[:, :1], dtype=torch.bool)], 1)
-        eye = torch.eye(self.blocked.shape[0], dtype=torch.bool, device=significant.device)
-        blocked = self.blocked | (pad_key[:, None, :] & ~eye)
-        return blocked.repeat_interleave(self.n_head, dim=0)
+    def _visible(self, significant: torch.Tensor, own_slot: torch.Tensor) -> torch.Tensor:
+        """Which of the S+1 keys (S digits, then the summary) each token sees.
+
+        Causal: keys up to its own slot. Padding digits are hidden when `mask_padding`, but a
+        token always sees itself: a row with no visible key would give NaNs that leak into the
+        summary token through the next layer's values."""
+        columns = torch.arange(self.seq_len + 1, device=significant.device)
+        visible = torch.ones(own_slot.shape[0], self.seq_len + 1, dtype=torch.bool, device=significant.device)
+        if self.causal:
+            visible &= columns <= own_slot[:, None]
+        if self.mask_padding:
+            padded = torch.cat([~significant, torch.zeros_like(significant[:, :1])], dim=1)
+            visible &= ~padded | (columns == own_slot[:, None])
+        return visible
+
+    def _prefix_graph(self, digits: torch.Tensor, significant: torch.Tensor):
+        """One token per distinct digit prefix; token keys are its prefix's tokens (causal)."""
+        rows, device = digits.shape[0], digits.device
+        node_of_row, node_digit, node_slot, representative, offset = [], [], [], [], 0
+        prefix = torch.zeros(rows, dtype=torch.int64, device=device)
+        for slot in range(self.seq_len):
+            prefix = prefix * self.base + digits[:, slot]
+            distinct, inverse = torch.unique(prefix, return_inverse=True)
+            node_of_row.append(offset + inverse)
+            node_digit.append(distinct % self.base)
+            node_slot.append(torch.full_like(distinct, slot))
+            representative.append(torch.empty_like(distinct).scatter_(0, inverse, torch.arange(rows, device=device)))
+            offset += distinct.numel()
+        nodes = torch.stack(node_of_row, dim=1)  # [U, S]: the token of each row's prefix at each slot
+        summary = offset + torch.arange(rows, device=device)
+        rep = torch.cat(representative + [torch.arange(rows, device=device)])  # a row that has each token
+        slot = torch.cat(node_slot + [torch.full((rows,), self.seq_len, device=device)])
+        keys = torch.cat([nodes[rep], summary[rep, None]], dim=1)  # later slots are hidden below
+        return torch.cat(node_digit), slot[:offset], keys, self._visible(significant[rep], slot)
+
+    def _full_graph(self, digits: torch.Tensor, significant: torch.Tensor):
+        """One token per digit of every position; each attends over its whole sequence."""
+        rows, device = digits.shape[0], digits.device
+        row = torch.arange(rows, device=device)
+        row_keys = torch.cat([row[:, None] * self.seq_len + torch.arange(self.seq_len, device=device),
+                              rows * self.seq_len + row[:, None]], dim=1)  # [U, S+1]
+        owner = torch.cat([row.repeat_interleave(self.seq_len), row])
+        slot = torch.cat([torch.arange(self.seq_len, device=device).repeat(rows),
+                          torch.full((rows,), self.seq_len, device=device)])
+        return digits.flatten(), slot[:-rows], row_keys[owner], self._visible(significant[owner], slot)
 
 
 class SeqPE(PositionEncoding):
@@ -94,6 +169,7 @@ class SeqPE(PositionEncoding):
         if position.use == "attn_scalar":
             count = model.n_layer if position.attn_scalar_proj == "multi" else 1
             self.qk_projections.extend(nn.Linear(model.d_model, 2 * model.d_model) for _ in range(count))
+            gpt2_init(self.qk_projections)
         # Coordinates are folded into one int64 key so that de-duplication is a 1-D unique.
         self.coordinate_limit = coordinate_limit = position.base ** self.max_digits
         if coordinate_limit ** position.n_dims >= 2 ** 62:
