@@ -40,7 +40,12 @@ ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_
 
 
 class EveryOccurrenceSeqPE(SeqPE):
-    """SeqPE without de-duplication: one encoder row per occurrence, as the reference does."""
+    """SeqPE without de-duplication: one encoder row per occurrence and every digit token of
+    every row computed (no shared prefixes), as the reference does."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.encoder.share_prefixes = False
 
     def _encode_unique(self, position_tensors):
         flat = [p.reshape(-1, self.n_dims) for p in position_tensors]

@@ -7,8 +7,14 @@ names the key, not deep inside a training step.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import yaml
 
 POSITION_TYPES = ("seqpe", "learned", "sinusoidal", "rope", "alibi", "nope")
 ATTENTION_BACKENDS = ("auto", "flash", "sdpa", "eager")
@@ -127,11 +133,77 @@ class PositionConfig:
 
 
 @dataclass
+class DataConfig:
+    manifest: str = ""  # manifest.json (or its directory) from `megaseqpe-prep shards`
+    micro_batch_size: int = 8
+    num_workers: int = 1
+    shuffle_buffer: int = 1000
+    on_corrupt: str = "error"  # error | skip
+    val_split: str = "val"
+
+    def __post_init__(self) -> None:
+        _check(self.micro_batch_size > 0, "data.micro_batch_size", "must be positive")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _choice(self.on_corrupt, "data.on_corrupt", ("error", "skip"))
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
+    warmup_steps: int = 100
+    decay: str = "cosine"  # cosine | linear
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0
+    grad_accum_steps: int = 1
+    seed: int = 1234
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 20
+    save_every: int = 500
+    keep_last: int = 2
+    max_bad_steps: int = 5  # consecutive non-finite steps before the run aborts
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "grad_accum_steps", "log_every", "eval_every", "save_every",
+                    "keep_last", "max_bad_steps", "eval_batches"):
+            _check(getattr(self, key) > 0, f"train.{key}", "must be positive")
+        _check(self.lr > 0, "train.lr", "must be positive")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "must be in [0, 1]")
+        _choice(self.decay, "train.decay", ("cosine", "linear"))
+        _choice(self.precision, "train.precision", ("fp32", "bf16", "fp16"))
+        self.betas = tuple(self.betas)
+        _check(len(self.betas) == 2, "train.betas", "needs two numbers")
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2
+    config: str = ""  # a DeepSpeed JSON whose entries override the ones built from this config
+
+    def __post_init__(self) -> None:
+        _check(self.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", f"{self.zero_stage} is not 0, 1, 2 or 3")
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+
+
+@dataclass
 class Config:
-    """The whole run. Training, data and launch sections join this as they are built."""
+    """The whole run: one section per concern, as in the YAML files under configs/."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     position: PositionConfig = field(default_factory=PositionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
         if self.position.type == "seqpe" and self.position.n_dims == 1:
@@ -141,3 +213,92 @@ class Config:
             _check(self.model.head_dim % (2 * self.position.n_dims) == 0, "model.d_model",
                    f"RoPE over {self.position.n_dims} dims needs head_dim divisible by "
                    f"{2 * self.position.n_dims}, got {self.model.head_dim}")
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["train"]["betas"] = list(data["train"]["betas"])
+        return data
+
+
+# ----------------------------------------------------------------------------- YAML and overrides
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against a field's type hint; ints are accepted where floats are expected."""
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        hint = next(h for h in typing.get_args(hint) if h is not type(None))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    expected = hint if isinstance(hint, type) else object
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
+    """Build a validated Config; unknown sections/keys and wrong types fail naming the key."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    built = {}
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown section {section!r}{_suggest(section, sections)}")
+        cls = hints[section]
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{section}: expected a mapping of keys, got {type(values).__name__}")
+        field_hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in field_hints:
+                raise ConfigError(f"{source}: unknown key {section}.{key}{_suggest(key, field_hints)}")
+            kwargs[key] = _coerce(value, field_hints[key], f"{section}.{key}")
+        built[section] = cls(**kwargs)
+    return Config(**built)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` → (["section", "key"], value parsed as YAML: 3, 1e-4, true, [0.9, 0.95])."""
+    path, sep, raw = text.partition("=")
+    if not sep or "." not in path:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    return path.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (or start from defaults) and apply `section.key=value` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}".splitlines()[0]) from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        if len(keys) != 2:
+            raise ConfigError(f"override {text!r}: expected exactly section.key")
+        data.setdefault(keys[0], {})
+        if not isinstance(data[keys[0]], dict):
+            raise ConfigError(f"override {text!r}: section {keys[0]!r} is not a mapping")
+        data[keys[0]][keys[1]] = value
+    return config_from_dict(data, source=str(path) if path else "config")
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
