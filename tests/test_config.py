@@ -26,7 +26,7 @@ def test_yaml_file_then_overrides(tmp_path):
     ("model.n_layer=0", r"model.n_layer: must be positive"),
     ("position.type=seqp", r"position.type: 'seqp' is not one of"),
     ("deepspeed.zero_stage=4", r"deepspeed.zero_stage: 4 is not 0, 1, 2 or 3"),
-    ("model.d_model=100", r"model.d_model: 100 is not divisible by model.n_head=4"),
+    ("model.d_model=102", r"model.d_model: 102 is not divisible by model.n_head=4"),
     ("nolayer", r"expected section.key=value"),
 ])
 def test_config_errors_name_the_key(override, message):
