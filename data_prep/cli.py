@@ -1,0 +1,156 @@
+"""``megaseqpe-prep``: the command line of data_prep (``tokenizer`` and ``shards`` subcommands).
+
+User mistakes raise :class:`~data_prep.errors.UserError` anywhere below; ``main`` prints them as
+one line on stderr and exits 1, so nobody reads a traceback for a typo in a path.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from megaseqpe.data import stdlib_sources
+from megaseqpe.data.demo_corpus import first_files
+
+from .corpus import SkipLog, discover_files, read_documents
+from .errors import UserError
+from .outputs import TMP_SUFFIX, prepare_output_dir
+from .shards import build_shards, split_summary
+from .tokenizer import MODEL_NAME, MODEL_TYPES, VOCAB_NAME, load_tokenizer, train_tokenizer
+
+PROG = "megaseqpe-prep"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump), like every other error of this tool."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _input_arguments() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("inputs")
+    group.add_argument("--input", nargs="+", action="extend", default=[], metavar="PATH",
+                       help="files or directories (recursed); plain text is one document per "
+                            "file, .jsonl one per line; .gz of either is read transparently")
+    group.add_argument("--glob", action="append", default=[], metavar="PATTERN",
+                       help="keep only files inside directories whose name or relative path "
+                            "matches (repeatable), e.g. --glob '*.py'")
+    group.add_argument("--text-key", default="text", help="JSON key of the text in .jsonl lines")
+    group.add_argument("--stdlib-corpus", action="store_true",
+                       help="add the embedded demo corpus: Python's standard library sources")
+    group.add_argument("--max-files", type=_positive, metavar="N",
+                       help="use only the first N input files (quick runs)")
+    group.add_argument("--max-bytes", type=_positive, metavar="N",
+                       help="use only leading input files totalling at most N bytes")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for documentation and tests)."""
+    common = _input_arguments()
+    parser = _Parser(prog=PROG, description="Prepare text for megaseqpe: train a SentencePiece "
+                     "tokenizer, then tokenise a corpus into WebDataset shards + manifest.json.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    tok = sub.add_parser("tokenizer", parents=[common], help="train DIR/tokenizer.model",
+                         description="Train a SentencePiece tokenizer (byte fallback: any UTF-8 "
+                         "text round-trips) and write OUT/tokenizer.model and .vocab.")
+    tok.add_argument("--vocab-size", type=_positive, required=True, help="pieces in the vocabulary")
+    tok.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    tok.add_argument("--model-type", choices=MODEL_TYPES, default="unigram")
+    tok.add_argument("--max-sentences", type=_positive, default=1_000_000, metavar="N",
+                     help="lines sampled for training (bounds memory on big corpora)")
+    tok.add_argument("--character-coverage", type=float, default=0.9995,
+                     help="share of characters given their own piece; rarer ones use bytes")
+    tok.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same model)")
+    tok.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer")
+
+    sh = sub.add_parser("shards", parents=[common], help="tokenise into DIR/{train,val} shards",
+                        description="Tokenise documents in parallel into WebDataset tar shards "
+                        "OUT/{train,val}/shard-NNNNNN.tar and write OUT/manifest.json last. "
+                        "Same inputs and flags give byte-identical output.")
+    sh.add_argument("--tokenizer", type=Path, required=True, metavar="MODEL",
+                    help="tokenizer.model from `megaseqpe-prep tokenizer`")
+    sh.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    sh.add_argument("--val-fraction", type=_fraction, default=0.01,
+                    help="share of documents for validation, chosen by a stable hash of the key")
+    sh.add_argument("--shard-tokens", type=_positive, default=10_000_000, metavar="N",
+                    help="start a new shard after about N tokens")
+    sh.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
+                    help="tokenising processes (default: all cores)")
+    sh.add_argument("--overwrite", action="store_true",
+                    help="replace manifest.json and shards of an earlier run in DIR")
+    return parser
+
+
+def _input_files(args: argparse.Namespace) -> list[Path]:
+    if not args.input and not args.stdlib_corpus:
+        raise UserError("no input: give --input PATH... or --stdlib-corpus")
+    files = discover_files(args.input, args.glob)
+    if args.stdlib_corpus:
+        files += [f for f in stdlib_sources() if str(f) not in {str(p) for p in files}]
+    files = first_files(files, args.max_files, args.max_bytes)
+    if not files:
+        raise UserError(f"no input files found in {' '.join(args.input)}"
+                        + (f" matching {' / '.join(args.glob)}" if args.glob else ""))
+    return files
+
+
+def _run_tokenizer(args: argparse.Namespace) -> None:
+    files = _input_files(args)
+    prepare_output_dir(args.out, [MODEL_NAME, VOCAB_NAME], args.overwrite)
+    skips = SkipLog()
+    model = train_tokenizer(read_documents(files, skips, args.text_key), args.out,
+                            vocab_size=args.vocab_size, model_type=args.model_type,
+                            max_sentences=args.max_sentences,
+                            character_coverage=args.character_coverage, seed=args.seed)
+    processor = load_tokenizer(model)
+    print(f"{len(files)} file(s) read; {skips.summary()}")
+    print(f"wrote {model} ({args.model_type}, vocab {processor.vocab_size()}, "
+          f"eos id {processor.eos_id()})")
+
+
+def _run_shards(args: argparse.Namespace) -> None:
+    files = _input_files(args)
+    processor = load_tokenizer(args.tokenizer)
+    prepare_output_dir(args.out, ["manifest.json", "train", "val"], args.overwrite)
+    skips = SkipLog()
+    manifest = build_shards(read_documents(files, skips, args.text_key), skips, len(files),
+                            tokenizer=args.tokenizer, processor=processor, out=args.out,
+                            val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,
+                            workers=args.workers)
+    print(f"{len(files)} file(s) read; {skips.summary()}")
+    print(f"{split_summary(manifest)}; wrote {args.out / 'manifest.json'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``megaseqpe-prep`` / ``python -m data_prep``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        {"tokenizer": _run_tokenizer, "shards": _run_shards}[args.command](args)
+    except UserError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted; outputs left under *{TMP_SUFFIX} names are "
+              f"incomplete", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,78 @@
+"""Writing one split's documents into deterministic, atomically published WebDataset shards.
+
+Shards are plain tar files written by ``webdataset.TarWriter`` with every varying header field
+pinned (mtime 0, uid/gid 0, fixed user/group names, fixed mode; members in sorted order), so the
+same documents always give byte-identical shards. Each shard is written to ``<name>.tmp``, hashed
+while written, and renamed to its final name once closed.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from webdataset import TarWriter
+
+from megaseqpe.data import SHARD_PATTERN, ShardInfo, encode_sample
+
+from .outputs import commit, temp_path
+
+
+class _HashingFile:
+    """A write-only file wrapper that sha256-hashes everything written through it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.raw.write(data)
+
+
+class SplitShardWriter:
+    """Appends documents to ``root/split/shard-NNNNNN.tar``, starting a new shard after
+    ``shard_tokens`` tokens (a shard always ends on a document boundary, so it may overshoot)."""
+
+    def __init__(self, root: Path, split: str, shard_tokens: int) -> None:
+        self.root = root
+        self.split = split
+        self.shard_tokens = shard_tokens
+        self.shards: list[ShardInfo] = []
+        self._tar: TarWriter | None = None
+
+    def _open(self) -> None:
+        (self.root / self.split).mkdir(parents=True, exist_ok=True)
+        self._path = self.root / self.split / SHARD_PATTERN.format(len(self.shards))
+        self._raw = open(temp_path(self._path), "wb")
+        self._file = _HashingFile(self._raw)
+        self._tar = TarWriter(self._file, encoder=False, mtime=0.0, user="megaseqpe",
+                              group="megaseqpe", mode=0o444)
+        self._samples = 0
+        self._tokens = 0
+
+    def write(self, key: str, tokens: np.ndarray, source: str, index: int) -> None:
+        """Add one document (its tokens already in the manifest's dtype)."""
+        if self._tar is None:
+            self._open()
+        self._tar.write(encode_sample(key, tokens, source, index))
+        self._samples += 1
+        self._tokens += len(tokens)
+        if self._tokens >= self.shard_tokens:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._tar.close()
+        self._raw.close()
+        commit(self._path)
+        self.shards.append(ShardInfo(path=self._path.relative_to(self.root).as_posix(),
+                                     samples=self._samples, tokens=self._tokens,
+                                     sha256=self._file.digest.hexdigest()))
+        self._tar = None
+
+    def close(self) -> list[ShardInfo]:
+        """Publish the last, partly filled shard; the list of all shards written."""
+        if self._tar is not None:
+            self._finish()
+        return self.shards

@@ -1,0 +1,30 @@
+"""WebDataset token pipelines: manifest schema, rank/worker splitting, packing, resumable state.
+
+Training::
+
+    loader = build_train_loader(manifest, max_seq_len=256, micro_batch_size=8, seed=1,
+                                rank=rank, world_size=world, num_workers=2)
+    for batch in loader:            # LongTensor[8, 257], endless
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+    ckpt["data"] = loader.state_dict()  ...  loader.load_state_dict(ckpt["data"])
+
+Evaluation: ``for batch in eval_batches(manifest, "val", max_seq_len=256, batch_size=8): ...``
+"""
+from .dataset import NotEnoughShardsError, ReaderState, TextShardDataset
+from .demo_corpus import first_files, stdlib_sources
+from .evaluation import eval_batches
+from .loader import TokenBatchLoader, build_train_loader
+from .manifest import (FORMAT_VERSION, MAX_SKIP_EXAMPLES, SKIP_REASONS, InputsInfo, Manifest,
+                       ManifestError, ShardInfo, SplitInfo, TokenizerInfo, load_manifest,
+                       manifest_from_dict)
+from .samples import SHARD_PATTERN, decode_meta, decode_tokens, encode_sample, token_dtype
+from .shard_reader import CorruptShardError, iter_raw_samples
+
+__all__ = [
+    "FORMAT_VERSION", "MAX_SKIP_EXAMPLES", "SKIP_REASONS", "SHARD_PATTERN",
+    "CorruptShardError", "InputsInfo", "Manifest", "ManifestError", "NotEnoughShardsError",
+    "ReaderState", "ShardInfo", "SplitInfo", "TextShardDataset", "TokenBatchLoader",
+    "TokenizerInfo", "build_train_loader", "decode_meta", "decode_tokens", "encode_sample",
+    "eval_batches", "first_files", "iter_raw_samples", "load_manifest", "manifest_from_dict", "stdlib_sources",
+    "token_dtype",
+]

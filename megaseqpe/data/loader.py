@@ -1,0 +1,117 @@
+"""The main-process side of the training stream: a DataLoader with exact, checkpointable position.
+
+PyTorch's DataLoader asks its workers for batches strictly round-robin (worker 0, 1, ..., 0, ...)
+and hands them over in that order, so batch ``n`` of a run came from logical worker
+``n % workers``. Each batch carries its worker's :class:`ReaderState` after it; the loader keeps
+the latest one per worker for the batches actually handed to the training loop (prefetched
+batches do not count). Restoring gives every worker its saved state and rotates the worker
+numbering so that the first batch after the restore comes from the worker that was next: the
+rows that follow are identical to those of an uninterrupted run, for any ``num_workers``.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch.utils.data import DataLoader
+
+from .dataset import ReaderState, TextShardDataset
+
+STATE_VERSION = 1
+
+
+class TokenBatchLoader:
+    """Iterable of ``LongTensor[micro_batch_size, max_seq_len + 1]`` training batches, endless.
+
+    Iterating again (after a ``break``) continues where the last iteration's consumer stopped.
+    ``state_dict()`` / ``load_state_dict()`` save and restore that position; save it with the
+    model checkpoint of the same step, per rank.
+    """
+
+    def __init__(self, dataset: TextShardDataset, *, pin_memory: bool = False,
+                 prefetch_factor: int = 2) -> None:
+        self.dataset = dataset
+        self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.batches_consumed = 0
+        self.reader_states: dict[int, ReaderState] = {}
+
+    @property
+    def skipped_samples(self) -> int:
+        """Corrupt samples skipped so far by this rank (``on_corrupt="skip"``)."""
+        return sum(state.skipped for state in self.reader_states.values())
+
+    @property
+    def epoch(self) -> int:
+        """The lowest epoch any of this rank's workers is in (workers wrap independently)."""
+        workers = range(self.dataset.workers_per_rank)
+        return min(self.reader_states.get(w, ReaderState()).epoch for w in workers)
+
+    def _data_loader(self) -> DataLoader:
+        workers = self.dataset.workers_per_rank
+        self.dataset.resume_states = dict(self.reader_states)
+        self.dataset.worker_rotation = self.batches_consumed % workers
+        extra: dict[str, Any] = {}
+        if self.dataset.num_workers > 0:
+            extra = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False}
+        return DataLoader(self.dataset, batch_size=None, num_workers=self.dataset.num_workers,
+                          pin_memory=self.pin_memory, **extra)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        workers = self.dataset.workers_per_rank
+        for item in self._data_loader():
+            expected = self.batches_consumed % workers
+            if item["worker"] != expected:
+                raise RuntimeError(f"DataLoader returned a batch of worker {item['worker']} where "
+                                   f"worker {expected} was due; resumable order is lost")
+            self.reader_states[expected] = ReaderState.from_dict(item["state"])
+            self.batches_consumed += 1
+            yield item["tokens"]
+
+    def _identity(self) -> dict[str, Any]:
+        """What must not change between save and restore for the saved position to mean the same."""
+        d = self.dataset
+        shards = hashlib.sha256("".join(s.sha256 for s in d.shards).encode()).hexdigest()
+        return {"split": d.split, "shards_sha256": shards, "seed": d.seed, "rank": d.rank,
+                "world_size": d.world_size, "num_workers": d.num_workers,
+                "shuffle_buffer": d.shuffle_buffer}
+
+    def state_dict(self) -> dict[str, Any]:
+        """A small, JSON/torch-serialisable position in the stream (per rank)."""
+        return {"version": STATE_VERSION, **self._identity(),
+                "batches_consumed": self.batches_consumed,
+                "readers": {str(w): s.to_dict() for w, s in sorted(self.reader_states.items())}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a position saved by :meth:`state_dict`; the next batch continues the stream.
+
+        Raises ValueError naming the setting when the data or the layout changed (other shards,
+        seed, rank count, workers): the saved position would point at different rows.
+        """
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data-loader state version {state.get('version')!r} is not {STATE_VERSION}")
+        for key, now in self._identity().items():
+            if state.get(key) != now:
+                raise ValueError(f"cannot resume the data stream: {key} was {state.get(key)!r} when "
+                                 f"saved and is {now!r} now")
+        self.batches_consumed = int(state["batches_consumed"])
+        self.reader_states = {int(w): ReaderState.from_dict(s) for w, s in state["readers"].items()}
+
+
+def build_train_loader(manifest_path: str | Path, *, max_seq_len: int, micro_batch_size: int,
+                       seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                       shuffle_buffer: int = 1000, on_corrupt: str = "error", split: str = "train",
+                       pin_memory: bool = False) -> TokenBatchLoader:
+    """The training input of one rank: endless ``[micro_batch_size, max_seq_len + 1]`` batches.
+
+    Raises :class:`megaseqpe.data.NotEnoughShardsError` at once when the split has fewer shards
+    than ``world_size * max(1, num_workers)``, and :class:`megaseqpe.data.ManifestError` for a
+    missing or malformed manifest. See :class:`TextShardDataset` for the arguments.
+    """
+    dataset = TextShardDataset(manifest_path, split, max_seq_len=max_seq_len,
+                               micro_batch_size=micro_batch_size, seed=seed, rank=rank,
+                               world_size=world_size, num_workers=num_workers,
+                               shuffle_buffer=shuffle_buffer, on_corrupt=on_corrupt)
+    return TokenBatchLoader(dataset, pin_memory=pin_memory)

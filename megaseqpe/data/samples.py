@@ -1,0 +1,62 @@
+"""The shard sample format: what one document looks like inside a WebDataset tar.
+
+A sample is ``<key>.tokens.npy`` (the document's token ids; uint16 when the vocabulary fits,
+else int32) and ``<key>.meta.json`` (``{"source": <absolute input path>, "index": <document's
+index within that file>}``). The writer and the readers both go through this module so the
+format lives in one place.
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Mapping
+
+import numpy as np
+
+SHARD_PATTERN = "shard-{:06d}.tar"
+
+
+class SampleFormatError(ValueError):
+    """A tar member group that is not a valid token sample."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 halves shard size for every vocabulary up to 65,536 pieces; int32 beyond."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
+
+
+def encode_sample(key: str, tokens: np.ndarray, source: str, index: int) -> dict[str, Any]:
+    """The tar members of one document, as bytes, ready for ``webdataset.TarWriter(encoder=False)``.
+
+    ``np.save`` output depends only on dtype, shape and data, and ``meta.json`` is written with
+    sorted keys, so equal documents always give equal bytes (deterministic shards).
+    """
+    if "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} must not contain '.' or '/' (WebDataset splits on them)")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(tokens), allow_pickle=False)
+    meta = json.dumps({"source": source, "index": index}, sort_keys=True).encode("utf-8")
+    return {"__key__": key, "tokens.npy": buf.getvalue(), "meta.json": meta}
+
+
+def decode_tokens(sample: Mapping[str, Any]) -> np.ndarray:
+    """The token array of a sample read back by webdataset's tar iterators."""
+    if "tokens.npy" not in sample:
+        raise SampleFormatError(f"sample {sample.get('__key__')!r} has no tokens.npy "
+                                f"(members: {sorted(k for k in sample if not k.startswith('__'))})")
+    try:
+        tokens = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise SampleFormatError(f"sample {sample.get('__key__')!r}: undecodable tokens.npy: {exc}") from None
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise SampleFormatError(f"sample {sample.get('__key__')!r}: tokens.npy must be a 1-D integer "
+                                f"array, got {tokens.dtype} {tokens.shape}")
+    return tokens
+
+
+def decode_meta(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``meta.json`` of a sample (source path and index), for tools and tests."""
+    try:
+        return json.loads(sample["meta.json"])
+    except (KeyError, ValueError) as exc:
+        raise SampleFormatError(f"sample {sample.get('__key__')!r}: bad meta.json: {exc}") from None
