@@ -30,6 +30,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each flag's meaningful default, so --help documents behaviour without the code."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -70,31 +80,32 @@ def build_parser() -> argparse.ArgumentParser:
                      "tokenizer, then tokenise a corpus into WebDataset shards + manifest.json.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    tok = sub.add_parser("tokenizer", parents=[common], help="train DIR/tokenizer.model",
+    tok = sub.add_parser("tokenizer", parents=[common], formatter_class=_HelpFormatter, help="train DIR/tokenizer.model",
                          description="Train a SentencePiece tokenizer (byte fallback: any UTF-8 "
                          "text round-trips) and write OUT/tokenizer.model and .vocab.")
     tok.add_argument("--vocab-size", type=_positive, required=True, help="pieces in the vocabulary")
     tok.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    tok.add_argument("--model-type", choices=MODEL_TYPES, default="unigram")
+    tok.add_argument("--model-type", choices=MODEL_TYPES, default="unigram",
+                     help="SentencePiece algorithm")
     tok.add_argument("--max-sentences", type=_positive, default=1_000_000, metavar="N",
                      help="lines sampled for training (bounds memory on big corpora)")
-    tok.add_argument("--character-coverage", type=float, default=0.9995,
+    tok.add_argument("--character-coverage", type=float, default=0.9995, metavar="F",
                      help="share of characters given their own piece; rarer ones use bytes")
     tok.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same model)")
     tok.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer")
 
-    sh = sub.add_parser("shards", parents=[common], help="tokenise into DIR/{train,val} shards",
+    sh = sub.add_parser("shards", parents=[common], formatter_class=_HelpFormatter, help="tokenise into DIR/{train,val} shards",
                         description="Tokenise documents in parallel into WebDataset tar shards "
                         "OUT/{train,val}/shard-NNNNNN.tar and write OUT/manifest.json last. "
                         "Same inputs and flags give byte-identical output.")
     sh.add_argument("--tokenizer", type=Path, required=True, metavar="MODEL",
                     help="tokenizer.model from `megaseqpe-prep tokenizer`")
     sh.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    sh.add_argument("--val-fraction", type=_fraction, default=0.01,
+    sh.add_argument("--val-fraction", type=_fraction, default=0.01, metavar="F",
                     help="share of documents for validation, chosen by a stable hash of the key")
     sh.add_argument("--shard-tokens", type=_positive, default=10_000_000, metavar="N",
                     help="start a new shard after about N tokens")
-    sh.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
+    sh.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, metavar="N",
                     help="tokenising processes (default: all cores)")
     sh.add_argument("--overwrite", action="store_true",
                     help="replace manifest.json and shards of an earlier run in DIR")
