@@ -29,6 +29,8 @@ setup(
     entry_points={
         "console_scripts": [
             "megaseqpe-prep=data_prep.cli:main",
+            "megaseqpe-train=megaseqpe.training.cli:main",
+            "megaseqpe-eval=megaseqpe.evaluation.cli:main",
         ],
     },
 )

@@ -84,6 +84,7 @@ class SeqPEEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(width) if final_layernorm else nn.Identity()
         self.out_proj = nn.Linear(width, out_dim)
         self.share_prefixes = causal  # False computes every digit token of every position (tests)
+        self.last_token_count = 0
         gpt2_init(self)
         self.register_buffer("dim_of_slot", torch.arange(n_dims).repeat_interleave(max_digits), persistent=False)
 
@@ -99,6 +100,7 @@ class SeqPEEncoder(nn.Module):
         # causal mask it still sees every digit.
         x = torch.cat([x, self.summary_token.expand(positions.shape[0], -1)])
         x = self.dropout(x)
+        self.last_token_count = x.shape[0]  # for FLOP counting: what this pass really computed
         for layer in self.layers:
             x = layer(x, keys, visible)
         return self.out_proj(self.final_norm(x[-positions.shape[0]:])) / self.temperature

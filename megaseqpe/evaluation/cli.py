@@ -1,0 +1,52 @@
+"""`megaseqpe-eval --run DIR`: perplexity at L, 2L, 4L, 8L, 16L from the run's checkpoint."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"lengths must be positive, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="megaseqpe-eval",
+        description="Measure perplexity at several evaluation lengths (batch 1, non-overlapping windows of "
+                    "the validation shards) and write RUN/eval/extrapolation.{json,md,png}.")
+    parser.add_argument("--run", required=True, type=Path, help="run directory written by megaseqpe-train")
+    parser.add_argument("--checkpoint", help="checkpoint tag (default: the run's latest)")
+    parser.add_argument("--lengths", type=_lengths, help="comma-separated lengths (default: L,2L,4L,8L,16L)")
+    parser.add_argument("--data", help="manifest.json to evaluate on (default: the run's data.manifest)")
+    parser.add_argument("--split", help="manifest split (default: the run's data.val_split)")
+    parser.add_argument("--max-tokens", type=int, default=32768, help="tokens scored per length (default: 32768)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from ..config import ConfigError
+    from ..data import ManifestError
+    from ..training.checkpoint import CheckpointError
+    from .extrapolation import evaluate_run, markdown_table
+    if not (args.run / "config.yaml").is_file():
+        print(f"megaseqpe-eval: error: {args.run}/config.yaml not found: not a run directory", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_run(args.run, tag=args.checkpoint, lengths=args.lengths, manifest=args.data,
+                              split=args.split, max_tokens=args.max_tokens)
+    except (ConfigError, ManifestError, CheckpointError, ValueError) as error:
+        print(f"megaseqpe-eval: error: {error}", file=sys.stderr)
+        return 2
+    print(markdown_table(result), end="")
+    print(f"wrote {args.run / 'eval'}/extrapolation.{{json,md,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

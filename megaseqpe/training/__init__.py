@@ -1,0 +1,1 @@
+"""Training under DeepSpeed: engine set-up, the SeqPE step, checkpoints, monitoring."""

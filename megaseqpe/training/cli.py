@@ -1,0 +1,53 @@
+"""`megaseqpe-train --config FILE.yaml [section.key=value ...]`: train, or resume the same run."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="megaseqpe-train",
+        description="Train a GPT with SeqPE or a baseline position encoding under DeepSpeed. Re-running "
+                    "the same command resumes from the run's latest complete checkpoint. Launch several "
+                    "processes with torchrun, the deepspeed launcher or SLURM.",
+        epilog="Exit codes: 0 done, 2 bad input, 1 aborted, 75 checkpointed on SIGTERM/SIGUSR1 (requeue).")
+    parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="override config keys, e.g. train.max_steps=100 model.n_layer=2")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
+    from ..data import ManifestError, NotEnoughShardsError
+    from .checkpoint import CheckpointError
+    from .loop import TrainingAborted, train
+    try:
+        config = load_config(args.config, args.overrides)
+        if not config.data.manifest:
+            raise ConfigError("data.manifest: not set (the manifest.json written by megaseqpe-prep shards)")
+        code = train(config)
+    except (ConfigError, ManifestError, NotEnoughShardsError, CheckpointError) as error:
+        print(f"megaseqpe-train: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingAborted as error:
+        print(f"megaseqpe-train: {error}", file=sys.stderr)
+        return 1
+    _shutdown()
+    return code
+
+
+def _has_cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

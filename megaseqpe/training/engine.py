@@ -1,0 +1,112 @@
+"""DeepSpeed engine from a Config: ZeRO stage, precision, AdamW groups, warmup + decay schedule.
+
+The model is built by the caller and knows nothing of DeepSpeed; everything about how it is
+parallelised and optimised is decided here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Config, ConfigError
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Join the process group set up by the launcher (torchrun, deepspeed, srun) or start a
+    group of one. gloo on CPU, NCCL on GPU, chosen by what this machine has."""
+    import deepspeed
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    import torch.distributed as dist
+    return dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"])
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no decay on norms, biases and embeddings (SeqPE's digit/slot/dim embeddings
+    and summary token included); decay on the matrices of linear layers."""
+    no_decay_ids = set()
+    for module in model.modules():
+        if isinstance(module, (nn.LayerNorm, nn.Embedding)):
+            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+    decay, no_decay, seen = [], [], set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue  # tied weights appear once
+        seen.add(id(param))
+        (no_decay if id(param) in no_decay_ids or param.dim() < 2 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_multiplier(step: int, config: Config) -> float:
+    """Linear warmup to train.lr, then cosine or linear decay to train.lr * min_lr_ratio."""
+    train = config.train
+    if step < train.warmup_steps:
+        return (step + 1) / train.warmup_steps
+    span = max(1, train.max_steps - train.warmup_steps)
+    progress = min(1.0, (step - train.warmup_steps) / span)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if train.decay == "cosine" else 1 - progress
+    return train.min_lr_ratio + (1 - train.min_lr_ratio) * shape
+
+
+def deepspeed_config(config: Config, world_size: int, load_universal: bool = False) -> dict[str, Any]:
+    """The DeepSpeed JSON for this run; `deepspeed.config` (a JSON file) overrides its entries."""
+    precision = config.train.precision
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": config.data.micro_batch_size,
+        "gradient_accumulation_steps": config.train.grad_accum_steps,
+        "train_batch_size": config.data.micro_batch_size * config.train.grad_accum_steps * world_size,
+        "gradient_clipping": config.train.grad_clip,
+        "zero_optimization": {"stage": config.deepspeed.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "zero_allow_untested_optimizer": True,  # torch's AdamW with our parameter groups
+        "steps_per_print": 10 ** 9,  # progress is ours (tqdm, TensorBoard)
+        "wall_clock_breakdown": False,
+    }
+    if config.deepspeed.config:
+        path = Path(config.deepspeed.config)
+        if not path.is_file():
+            raise ConfigError(f"deepspeed.config: file not found: {path}")
+        try:
+            overrides = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"deepspeed.config: {path} is not valid JSON: {error}") from None
+        for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+            overrides.pop(key, None)  # batch geometry comes from data.* and train.*, never twice
+        ds = _merge(ds, overrides)
+    if load_universal:
+        ds.setdefault("checkpoint", {})["load_universal"] = True
+    return ds
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def build_engine(model: nn.Module, config: Config, world_size: int, load_universal: bool = False):
+    """`deepspeed.initialize` with torch AdamW (decay groups) and our warmup/decay schedule."""
+    import deepspeed
+
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.train.weight_decay), lr=config.train.lr,
+                                  betas=config.train.betas)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, config))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                           config=deepspeed_config(config, world_size, load_universal))
+    return engine
