@@ -61,14 +61,23 @@ class TokenBatchLoader:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         workers = self.dataset.workers_per_rank
-        for item in self._data_loader():
-            expected = self.batches_consumed % workers
-            if item["worker"] != expected:
-                raise RuntimeError(f"DataLoader returned a batch of worker {item['worker']} where "
-                                   f"worker {expected} was due; resumable order is lost")
-            self.reader_states[expected] = ReaderState.from_dict(item["state"])
-            self.batches_consumed += 1
-            yield item["tokens"]
+        batches = iter(self._data_loader())
+        try:
+            for item in batches:
+                expected = self.batches_consumed % workers
+                if item["worker"] != expected:
+                    raise RuntimeError(f"DataLoader returned a batch of worker {item['worker']} "
+                                       f"where worker {expected} was due; resumable order is lost")
+                self.reader_states[expected] = ReaderState.from_dict(item["state"])
+                self.batches_consumed += 1
+                yield item["tokens"]
+        finally:
+            # Stop the workers now: left to the garbage collector after an error (the traceback
+            # keeps this frame alive), their queues may be finalised first and shutdown then
+            # waits out two 5 s timeouts.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def _identity(self) -> dict[str, Any]:
         """What must not change between save and restore for the saved position to mean the same."""
