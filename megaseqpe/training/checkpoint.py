@@ -94,11 +94,15 @@ class Checkpointer:
         return tag
 
     def _prune(self, keep: str) -> None:
-        complete = sorted(p for p in self.directory.glob("step_*") if (p / COMPLETE).exists())
+        complete = sorted(p for p in self._tags() if (p / COMPLETE).exists())
         for old in complete[:-self.keep_last]:
             if old.name != keep:
                 shutil.rmtree(old, ignore_errors=True)
                 shutil.rmtree(self.directory / (old.name + "_universal"), ignore_errors=True)
+
+    def _tags(self) -> list[Path]:
+        """Checkpoint tags written by `save` (not their universal conversions)."""
+        return [p for p in self.directory.glob("step_*") if not p.name.endswith("_universal")]
 
     # ------------------------------------------------------------------ resume
     def find_resume_point(self) -> Optional[ResumePoint]:
@@ -109,8 +113,7 @@ class Checkpointer:
         latest = self.directory / "latest"
         if latest.exists():
             candidates.append(latest.read_text().strip())
-        candidates += sorted((p.name for p in self.directory.glob("step_*") if not p.name.endswith("_universal")),
-                             reverse=True)
+        candidates += sorted((p.name for p in self._tags()), reverse=True)
         for tag in candidates:
             tag_dir = self.directory / tag
             if (tag_dir / COMPLETE).exists():

@@ -1,6 +1,7 @@
 """The training loop: DeepSpeed engine, SeqPE's one-pass step, checkpoints, faults, monitoring."""
 from __future__ import annotations
 
+import itertools
 import math
 import signal
 import time
@@ -91,11 +92,10 @@ class Trainer:
             micro_batch_size=config.data.micro_batch_size, seed=data_seed, rank=self.rank,
             world_size=self.world_size, num_workers=config.data.num_workers,
             shuffle_buffer=config.data.shuffle_buffer, on_corrupt=config.data.on_corrupt)
+        self.saved_rng = None
         if rank_state is not None:
             self.loader.load_state_dict(rank_state["data"])
-            set_rng_state(rank_state["rng"])
-        else:
-            torch.manual_seed(config.train.seed + 1000 * (self.rank + 1) + self.step)  # per-rank dropout
+            self.saved_rng = rank_state["rng"]
         self.planner = StepPositions(config)
         self.logger = MetricsLogger(self.run_dir, enabled=self.rank == 0, start_step=self.step,
                                     max_steps=config.train.max_steps)
@@ -155,7 +155,14 @@ class Trainer:
         tokens_per_micro = config.data.micro_batch_size * config.model.max_seq_len * self.world_size
         peak = peak_flops(self.device)
         window, window_start, consecutive_bad = [], time.perf_counter(), 0
+        # Starting the DataLoader draws its base seed from the global RNG: only then set the
+        # dropout RNG (saved, or per rank), so a resumed run continues exactly.
         data = iter(self.loader)
+        data = itertools.chain([next(data)], data)
+        if self.saved_rng is not None:
+            set_rng_state(self.saved_rng)
+        else:
+            torch.manual_seed(config.train.seed + 1000 * (self.rank + 1) + self.step)
         try:
             while self.step < config.train.max_steps:
                 if stop.agreed(self.device):
