@@ -103,7 +103,9 @@ class Trainer:
             self.logger.write(f"resumed from {resume.tag} (step {self.step})")
 
     # ------------------------------------------------------------------ one micro-batch
-    def _forward(self, batch: torch.Tensor):
+    def forward(self, batch: torch.Tensor):
+        """One micro-batch: every position of the step (main, shifted or not, and the objectives')
+        through one encoder pass. Returns (loss, logged parts, plan, model output)."""
         plan = self.planner.plan(self.micro_step, self.rank, self.device)
         out = self.engine(batch[:, :-1], positions=plan.positions, targets=batch[:, 1:],
                           extra_positions=plan.extra_positions)
@@ -114,7 +116,7 @@ class Trainer:
             loss = loss + self.planner.objectives.weighted(aux)
             parts.update({f"train/{name}": value for name, value in aux.items()})
             parts["train/unique_positions"] = torch.tensor(float(out.position_signal.unique_positions))
-        return loss, parts
+        return loss, parts, plan, out
 
     def _checkpoint(self) -> None:
         trainer = {"step": self.step, "micro_step": self.micro_step, "skipped_steps": self.skipped}
@@ -170,7 +172,7 @@ class Trainer:
                     self.logger.write(f"stop requested: checkpointed at step {self.step}, exiting {REQUEUE_EXIT_CODE}")
                     return REQUEUE_EXIT_CODE
                 batch = next(data).to(self.device)
-                loss, parts = self._forward(batch)
+                loss, parts, _, _ = self.forward(batch)
                 self.micro_step += 1
                 if not _all_ranks_true(bool(torch.isfinite(loss)), self.device):
                     # Dropped before backward on every rank: DeepSpeed never sees this micro-batch.

@@ -1,0 +1,97 @@
+"""What a user watches: TensorBoard tags read back from real event files, the eval report, errors."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from _launch import REPO, check, environment, metrics, tiny_config, train
+from megaseqpe.evaluation import evaluate_run
+
+pytestmark = pytest.mark.multiprocess
+POSITION_TYPES = ("seqpe", "learned", "sinusoidal", "rope", "alibi", "nope")
+TRAIN_TAGS = {"train/loss", "train/lm_loss", "train/seqpe_contrastive_loss", "train/seqpe_distill_loss",
+              "train/lr", "train/grad_norm", "train/tokens_per_second", "train/unique_positions",
+              "train/skipped_steps", "val/loss", "val/ppl"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_manifest):
+    """One short single-process run per position type."""
+    tmp = tmp_path_factory.mktemp("types")
+    out = {}
+    for kind in POSITION_TYPES:
+        config = tiny_config(tmp, data_manifest, name=kind, position={"type": kind},
+                             train={"max_steps": 4, "eval_every": 2, "save_every": 4})
+        check(train(config, nproc=1))
+        out[kind] = tmp / kind
+    return out
+
+
+def scalars(run_dir):
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    return {tag: [event.value for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_tensorboard_has_every_documented_tag_and_metrics_jsonl_the_same_numbers(runs):
+    run_dir = runs["seqpe"]
+    events = scalars(run_dir)
+    assert TRAIN_TAGS <= set(events), TRAIN_TAGS - set(events)
+    assert "train/mfu" not in events, "no MFU where the accelerator's peak is unknown (CPU)"
+    records = metrics(run_dir)
+    assert [m["train/loss"] for m in records if "train/loss" in m] == pytest.approx(events["train/loss"])
+    assert len(events["val/ppl"]) == 2 and all(math.isfinite(v) for v in events["val/ppl"])
+
+
+@pytest.mark.parametrize("kind", POSITION_TYPES)
+def test_eval_gives_finite_perplexity_at_every_length(runs, kind):
+    run_dir = runs[kind]
+    result = evaluate_run(run_dir, lengths=[32, 64, 128, 512], max_tokens=1024)
+    assert set(result["ppl"]) == {"32", "64", "128", "512"}
+    assert all(math.isfinite(p) and p > 1 for p in result["ppl"].values()), result
+    longer = "interpolate" if kind == "learned" else "extend"
+    assert result["method"] == {"32": "extend", "64": longer, "128": longer, "512": longer}
+    saved = json.loads((run_dir / "eval" / "extrapolation.json").read_text())
+    assert saved["position_type"] == kind and saved["train_length"] == 32 and saved["ppl"] == result["ppl"]
+    assert (run_dir / "eval" / "extrapolation.png").stat().st_size > 1000
+    assert "| 512 | 16 |" in (run_dir / "eval" / "extrapolation.md").read_text()
+    assert {"eval/ppl_len_32", "eval/ppl_len_512"} <= set(scalars(run_dir))
+
+
+def test_eval_cli_prints_the_table(runs):
+    result = subprocess.run([sys.executable, "-m", "megaseqpe.evaluation", "--run", str(runs["rope"]),
+                             "--lengths", "32,64", "--max-tokens", "256"], cwd=REPO, env=environment(),
+                            capture_output=True, text=True, timeout=300)
+    check(result)
+    assert "| 64 | 2 |" in result.stdout
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.n_layyer=2"], "unknown key model.n_layyer (did you mean 'n_layer'?)"),
+    (["data.manifest=/nonexistent/manifest.json"], "/nonexistent/manifest.json"),
+])
+def test_train_cli_errors_are_one_clear_line(tmp_path, data_manifest, overrides, message):
+    config = tiny_config(tmp_path, data_manifest)
+    result = train(config, *overrides, nproc=1)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("megaseqpe-train: error:") and message in last
+    assert "Traceback" not in result.stderr
+
+
+def test_eval_cli_error_for_a_directory_that_is_not_a_run(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "megaseqpe.evaluation", "--run", str(tmp_path)],
+                            cwd=REPO, env=environment(), capture_output=True, text=True)
+    assert result.returncode == 2 and "not a run directory" in result.stderr
+
+
+def test_non_finite_losses_are_skipped_then_the_run_aborts(tmp_path, data_manifest):
+    config = tiny_config(tmp_path, data_manifest, train={"lr": 1e6, "grad_clip": 1e9, "max_steps": 50,
+                                                         "max_bad_steps": 3, "warmup_steps": 0})
+    result = train(config, nproc=1)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "non-finite" in result.stderr.strip().splitlines()[-1]
+    assert "skipped" in result.stdout + result.stderr
