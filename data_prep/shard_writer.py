@@ -2,7 +2,8 @@
 
 Shards are plain tar files written by ``webdataset.TarWriter`` with every varying header field
 pinned (mtime 0, uid/gid 0, fixed user/group names, fixed mode; members in sorted order), so the
-same documents always give byte-identical shards. Each shard is written to ``<name>.tmp``, hashed
+same documents always give byte-identical shards (mtime is an int: a float would add a PAX
+header to every member). Each shard is written to ``<name>.tmp``, hashed
 while written, and renamed to its final name once closed.
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ class SplitShardWriter:
         self._path = self.root / self.split / SHARD_PATTERN.format(len(self.shards))
         self._raw = open(temp_path(self._path), "wb")
         self._file = _HashingFile(self._raw)
-        self._tar = TarWriter(self._file, encoder=False, mtime=0.0, user="megaseqpe",
+        self._tar = TarWriter(self._file, encoder=False, mtime=0, user="megaseqpe",
                               group="megaseqpe", mode=0o444)
         self._samples = 0
         self._tokens = 0

@@ -75,7 +75,7 @@ def test_tar_headers_are_pinned(data_manifest: Path) -> None:
     with tarfile.open(manifest.shard_path(manifest.splits["train"].shards[0])) as tar:
         members = tar.getmembers()
     assert members and all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.mode == 0o444
-                           and m.uname == "megaseqpe" for m in members)
+                           and m.uname == "megaseqpe" and not m.pax_headers for m in members)
     names = [m.name for m in members]
     assert names[0].endswith(".meta.json") and names[1].endswith(".tokens.npy")
 

@@ -20,6 +20,8 @@ def first_files(paths: Iterable[Path], max_files: int | None = None,
     A file that would cross the byte cap is left out and later, smaller ones may still fit; a
     file whose size cannot be read counts as 0 bytes (reading it later reports why it fails).
     """
+    if max_files is None and max_bytes is None:
+        return list(paths)
     chosen: list[Path] = []
     total = 0
     for path in paths:
