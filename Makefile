@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.megaseqpe-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test bench clean
+.PHONY: install test bench demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,31 @@ test: install
 
 bench: install
 	$(PY) benchmarks/pe_overhead.py
+
+# --- make demo: stdlib corpus → tokenizer → shards → 2-process DeepSpeed training → extrapolation.
+# Every product is a file target, so a second `make demo` reuses what exists (training resumes
+# from its checkpoint and stops at once when it is complete).
+DEMO_DATA := data/demo
+DEMO_RUN  := runs/demo
+DEMO_LENGTHS := 64,128,256,512,1024
+
+$(DEMO_DATA)/tokenizer/tokenizer.model: | $(STAMP)
+	$(PY) -m data_prep tokenizer --stdlib-corpus --vocab-size 2000 --out $(DEMO_DATA)/tokenizer --overwrite
+
+$(DEMO_DATA)/shards/manifest.json: $(DEMO_DATA)/tokenizer/tokenizer.model
+	$(PY) -m data_prep shards --stdlib-corpus --tokenizer $< --out $(DEMO_DATA)/shards \
+		--shard-tokens 200000 --val-fraction 0.02 --overwrite
+
+$(DEMO_RUN)/eval/extrapolation.json: $(DEMO_DATA)/shards/manifest.json configs/demo.yaml
+	DS_ACCELERATOR=cpu $(VENV)/bin/torchrun --nproc_per_node=2 --master_port=$${DEMO_PORT:-29517} \
+		-m megaseqpe.training --config configs/demo.yaml
+	$(PY) -m megaseqpe.evaluation --run $(DEMO_RUN) --lengths $(DEMO_LENGTHS) --max-tokens 16384
+
+demo: install $(DEMO_RUN)/eval/extrapolation.json
+	@cat $(DEMO_RUN)/eval/extrapolation.md
+	@echo
+	@echo "Report: $(DEMO_RUN)/eval/extrapolation.{json,md,png}   metrics: $(DEMO_RUN)/metrics.jsonl"
+	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO_RUN)/tensorboard"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

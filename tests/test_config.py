@@ -47,3 +47,24 @@ def test_seqpe_range_must_cover_the_training_length():
     with pytest.raises(ConfigError, match="position.max_position"):
         load_config(None, ["position.max_position=100", "model.max_seq_len=512"])
     assert isinstance(load_config(None, ["position.type=learned", "position.max_position=100"]), Config)
+
+
+def test_every_shipped_config_loads_and_every_deepspeed_json_parses():
+    import json
+    from pathlib import Path
+
+    from megaseqpe.training.engine import deepspeed_config
+
+    configs = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+    assert {p.stem for p in configs} >= {"demo", "gpt2-small-seqpe", "gpt2-small-learned", "gpt2-small-sinusoidal",
+                                         "gpt2-small-rope", "gpt2-small-alibi", "gpt2-small-nope"}
+    for path in configs:
+        config = load_config(path)
+        built = deepspeed_config(config, world_size=2)
+        assert built["zero_optimization"]["stage"] == config.deepspeed.zero_stage
+    small = load_config(Path(__file__).parent.parent / "configs/gpt2-small-seqpe.yaml")
+    assert (small.model.n_layer, small.model.d_model, small.model.max_seq_len, small.train.precision) == (12, 768, 512, "bf16")
+    assert (small.position.contrastive_weight, small.position.transfer_weight, small.position.random_shift_rate) == (0.1, 0.1, 0.1)
+    for stage in range(4):
+        data = json.loads((Path(__file__).parent.parent / f"configs/deepspeed/zero{stage}.json").read_text())
+        assert data["zero_optimization"]["stage"] == stage

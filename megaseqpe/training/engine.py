@@ -87,6 +87,10 @@ def deepspeed_config(config: Config, world_size: int, load_universal: bool = Fal
             raise ConfigError(f"deepspeed.config: {path} is not valid JSON: {error}") from None
         for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
             overrides.pop(key, None)  # batch geometry comes from data.* and train.*, never twice
+        stage = overrides.get("zero_optimization", {}).get("stage", config.deepspeed.zero_stage)
+        if stage != config.deepspeed.zero_stage:
+            raise ConfigError(f"deepspeed.config: {path} sets ZeRO stage {stage} but deepspeed.zero_stage is "
+                              f"{config.deepspeed.zero_stage}")
         ds = _merge(ds, overrides)
     if load_universal:
         ds.setdefault("checkpoint", {})["load_universal"] = True

@@ -11,8 +11,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from ..config import Config, save_config
-from ..data import build_train_loader, eval_batches
+from ..config import Config, ConfigError, save_config
+from ..data import build_train_loader, eval_batches, load_manifest
 from ..model import build_gpt
 from .checkpoint import Checkpointer, rng_state, set_rng_state
 from .engine import build_engine, init_distributed
@@ -68,6 +68,10 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
+        vocab = load_manifest(config.data.manifest).tokenizer.vocab_size
+        if vocab > config.model.vocab_size:
+            raise ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+                              f"vocabulary of {vocab} ({config.data.manifest})")
         torch.manual_seed(config.train.seed)  # identical initial weights on every rank
         model = build_gpt(config)
         self.flops = FlopCounter(model, config.model.n_layer, config.model.d_model, config.model.max_seq_len)
