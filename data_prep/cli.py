@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "tokenizer, then tokenise a corpus into WebDataset shards + manifest.json.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    tok = sub.add_parser("tokenizer", parents=[common], formatter_class=_HelpFormatter, help="train DIR/tokenizer.model",
+    tok = sub.add_parser("tokenizer", parents=[common], formatter_class=_HelpFormatter,
+                         help="train DIR/tokenizer.model",
                          description="Train a SentencePiece tokenizer (byte fallback: any UTF-8 "
                          "text round-trips) and write OUT/tokenizer.model and .vocab.")
     tok.add_argument("--vocab-size", type=_positive, required=True, help="pieces in the vocabulary")
@@ -94,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same model)")
     tok.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer")
 
-    sh = sub.add_parser("shards", parents=[common], formatter_class=_HelpFormatter, help="tokenise into DIR/{train,val} shards",
+    sh = sub.add_parser("shards", parents=[common], formatter_class=_HelpFormatter,
+                        help="tokenise into DIR/{train,val} shards",
                         description="Tokenise documents in parallel into WebDataset tar shards "
                         "OUT/{train,val}/shard-NNNNNN.tar and write OUT/manifest.json last. "
                         "Same inputs and flags give byte-identical output.")

@@ -25,6 +25,6 @@ __all__ = [
     "CorruptShardError", "InputsInfo", "Manifest", "ManifestError", "NotEnoughShardsError",
     "ReaderState", "ShardInfo", "SplitInfo", "TextShardDataset", "TokenBatchLoader",
     "TokenizerInfo", "build_train_loader", "decode_meta", "decode_tokens", "encode_sample",
-    "eval_batches", "first_files", "iter_raw_samples", "load_manifest", "manifest_from_dict", "stdlib_sources",
-    "token_dtype",
+    "eval_batches", "first_files", "iter_raw_samples", "load_manifest", "manifest_from_dict",
+    "stdlib_sources", "token_dtype",
 ]

@@ -50,7 +50,9 @@ def pack_rows(documents: Iterable[tuple[int, int, np.ndarray]], row_len: int, eo
             fill += take
             offset += take
             if fill == row_len:
-                nxt = PackPosition(epoch, index, offset) if offset < length else PackPosition(epoch, index + 1, 0)
-                yield row.copy(), nxt
+                if offset < length:
+                    yield row.copy(), PackPosition(epoch, index, offset)
+                else:
+                    yield row.copy(), PackPosition(epoch, index + 1, 0)
                 fill = 0
         offset = 0
