@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -38,10 +40,18 @@ def test_torchrun_two_ranks_disjoint_and_complete(tmp_path: Path, data_manifest:
     script = tmp_path / "ranks.py"
     script.write_text(SCRIPT)
     out = tmp_path / "gathered.json"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+    # A session of its own, so a hang kills torchrun's rank processes too, not just torchrun.
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
                              "--nproc_per_node=2", str(script), str(data_manifest), str(out)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun did not finish in 120 s")
+    assert proc.returncode == 0, stderr[-3000:]
     gathered = json.loads(out.read_text())
     assert [g["batches"] for g in gathered] == [20, 20]
     seen = Counter(k for g in gathered for k in g["keys"])
