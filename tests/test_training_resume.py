@@ -83,3 +83,15 @@ def test_two_processes_resume_on_one_through_a_universal_checkpoint(tmp_path, da
     losses = train_losses(tmp_path / "run")
     assert sorted(losses) == list(range(1, 7))
     assert losses[6] < losses[1]
+
+
+def test_a_corrupt_checkpoint_is_one_clear_error(tmp_path, data_manifest):
+    config = tiny_config(tmp_path, data_manifest, train={"max_steps": 2, "save_every": 2, "eval_every": 100},
+                         deepspeed={"zero_stage": 0})
+    check(train(config, nproc=1))
+    states = tmp_path / "run" / "checkpoints" / "step_00000002" / "mp_rank_00_model_states.pt"
+    states.write_bytes(states.read_bytes()[:1000])  # truncated, though marked COMPLETE
+    result = train(config, "train.max_steps=4", nproc=1)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("megaseqpe-train: error: checkpoint") and "step_00000002" in last

@@ -197,6 +197,7 @@ class Trainer:
                 if not boundary:
                     continue
                 self.step += 1
+                tokens_per_second = tokens_per_micro * len(window) / max(time.perf_counter() - window_start, 1e-9)
                 norm = _grad_norm(self.engine) if norm is None else norm
                 if norm is not None and not math.isfinite(norm):
                     self.skipped += 1
@@ -208,7 +209,7 @@ class Trainer:
                     self.logger.log(self.step, self.validate())
                 if self.step % config.train.save_every == 0 or self.step == config.train.max_steps:
                     self._checkpoint()
-                self.logger.advance(1, {"loss": float(loss)})
+                self.logger.advance(1, {"loss": loss.item(), "tok/s": tokens_per_second})
             return 0
         finally:
             self.logger.close()
