@@ -11,6 +11,7 @@ rows that follow are identical to those of an uninterrupted run, for any ``num_w
 from __future__ import annotations
 
 import hashlib
+import signal
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -20,6 +21,14 @@ from torch.utils.data import DataLoader
 from .dataset import ReaderState, TextShardDataset
 
 STATE_VERSION = 1
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """A scheduler's SIGTERM/SIGUSR1 reach every process of the job: the workers leave them to the
+    training process, which checkpoints and then shuts them down (a worker killed by the signal
+    would fail the batch it was reading, and with it the checkpoint)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 class TokenBatchLoader:
@@ -55,7 +64,8 @@ class TokenBatchLoader:
         self.dataset.worker_rotation = self.batches_consumed % workers
         extra: dict[str, Any] = {}
         if self.dataset.num_workers > 0:
-            extra = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False}
+            extra = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False,
+                     "worker_init_fn": _ignore_stop_signals}
         return DataLoader(self.dataset, batch_size=None, num_workers=self.dataset.num_workers,
                           pin_memory=self.pin_memory, **extra)
 

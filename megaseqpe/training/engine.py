@@ -5,9 +5,12 @@ parallelised and optimised is decided here.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +18,27 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
+from .launcher_env import detect as detect_environment
 
 
 def init_distributed() -> tuple[int, int, int]:
-    """Join the process group set up by the launcher (torchrun, deepspeed, srun) or start a
-    group of one. gloo on CPU, NCCL on GPU, chosen by what this machine has."""
+    """Join the process group of whichever launcher started us (torchrun, deepspeed, plain srun)
+    or start a group of one. gloo on CPU, NCCL on GPU, chosen by what this machine has."""
     import deepspeed
+    import torch.distributed as dist
 
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    place = detect_environment()
+    place.export(os.environ)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-    import torch.distributed as dist
-    return dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(place.local_rank)
+    # A bounded timeout: a lost node fails the job instead of hanging it.
+    timeout = datetime.timedelta(seconds=float(os.environ.get("MEGASEQPE_DIST_TIMEOUT", 600)))
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    print(f"megaseqpe: rank {dist.get_rank()}/{dist.get_world_size()} local_rank {place.local_rank} "
+          f"on node {node} (launcher: {place.launcher})", file=sys.stderr, flush=True)
+    return dist.get_rank(), dist.get_world_size(), place.local_rank
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

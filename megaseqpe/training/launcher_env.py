@@ -1,0 +1,62 @@
+"""Where this process sits in the job, from whichever launcher started it.
+
+torchrun and the DeepSpeed launcher export RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR /
+MASTER_PORT. A plain `srun` (one task per GPU, no torchrun) exports only SLURM_* variables:
+the rank is SLURM_PROCID, the master is the first host of SLURM_JOB_NODELIST and the port is
+derived from the job id, so every task of the job computes the same address on its own.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Mapping, MutableMapping
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    launcher: str  # torchrun | deepspeed | slurm | single
+
+    def export(self, environ: MutableMapping[str, str]) -> None:
+        """Set the variables torch.distributed's env:// initialisation reads."""
+        environ.update(RANK=str(self.rank), LOCAL_RANK=str(self.local_rank), WORLD_SIZE=str(self.world_size),
+                       MASTER_ADDR=self.master_addr, MASTER_PORT=str(self.master_port))
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compressed host lists: `gpu[01-03,07],login1` → gpu01 gpu02 gpu03 gpu07 login1."""
+    hosts = []
+    for name, ranges in re.findall(r"([^,\[]+)(?:\[([^\]]*)\])?,?", nodelist.strip()):
+        if not ranges:
+            hosts.append(name)
+            continue
+        for part in ranges.split(","):
+            first, _, last = part.partition("-")
+            width = len(first)  # zero padding: gpu[01-03]
+            for number in range(int(first), int(last or first) + 1):
+                hosts.append(f"{name}{number:0{width}d}")
+    return hosts
+
+
+def slurm_port(job_id: str) -> int:
+    """A port every task of one job agrees on, different between concurrent jobs."""
+    return 20000 + int(job_id) % 20000
+
+
+def detect(environ: Mapping[str, str] = os.environ) -> DistributedEnv:
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        launcher = "torchrun" if "TORCHELASTIC_RUN_ID" in environ else "deepspeed"
+        return DistributedEnv(int(environ["RANK"]), int(environ.get("LOCAL_RANK", 0)), int(environ["WORLD_SIZE"]),
+                              environ.get("MASTER_ADDR", "127.0.0.1"), int(environ.get("MASTER_PORT", 29500)),
+                              launcher)
+    if "SLURM_PROCID" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
+        nodelist = environ.get("SLURM_STEP_NODELIST") or environ["SLURM_JOB_NODELIST"]
+        return DistributedEnv(int(environ["SLURM_PROCID"]), int(environ.get("SLURM_LOCALID", 0)),
+                              int(environ["SLURM_NTASKS"]), environ.get("MASTER_ADDR") or expand_nodelist(nodelist)[0],
+                              int(environ.get("MASTER_PORT") or slurm_port(environ["SLURM_JOB_ID"])), "slurm")
+    return DistributedEnv(0, 0, 1, "127.0.0.1", 29500 + os.getpid() % 1000, "single")

@@ -1,0 +1,149 @@
+"""A real SLURM cluster of two emulated nodes (slurm/local-cluster), started by the tests.
+
+Needs root and Debian's packages (installed by start.sh when missing); skipped with the reason
+otherwise. Jobs run slurm/train.sbatch exactly as a user would submit it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from _launch import REPO, metrics, tiny_config, train_losses
+
+pytestmark = pytest.mark.slurm
+STATE = Path("/tmp/megaseqpe-slurm-tests")
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.skip("a local SLURM cluster needs root (slurmd, munge)")
+    if not shutil.which("apt-get") and not shutil.which("slurmd"):
+        pytest.skip("no Debian packages: slurmd/slurmctld/munge cannot be installed here")
+    result = subprocess.run(["bash", "slurm/local-cluster/start.sh", str(STATE)], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    if result.returncode != 0:
+        pytest.skip(f"local SLURM cluster did not start: {result.stderr.strip()[-500:]}")
+    env = {**os.environ, "SLURM_CONF": str(STATE / "slurm.conf"), "MEGASEQPE_PYTHON": sys.executable,
+           "MEGASEQPE_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    yield env
+    subprocess.run(["bash", "slurm/local-cluster/stop.sh", str(STATE)], cwd=REPO, capture_output=True)
+
+
+def submit(env, config, log_dir, *overrides, nodes=2):
+    result = subprocess.run(["sbatch", "--parsable", f"--nodes={nodes}", f"--output={log_dir}/%x-%j.out",
+                             "slurm/train.sbatch", str(config), *overrides],
+                            cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    return result.stdout.strip().split(";")[0]
+
+
+def job_field(env, job, field):
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True).stdout
+    match = re.search(rf"\b{field}=(\S+)", out)
+    return match.group(1) if match else None
+
+
+def wait_done(env, job, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = job_field(env, job, "JobState")
+        if state in DONE:
+            return state
+        time.sleep(1)
+    subprocess.run(["scancel", job], env=env)
+    raise AssertionError(f"job {job} not done after {timeout}s (state {job_field(env, job, 'JobState')})")
+
+
+def wait_for_step(run_dir, step, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run_dir / "metrics.jsonl").exists() and any(m.get("step", 0) >= step for m in metrics(run_dir)):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"step {step} not reached")
+
+
+def job_log(log_dir, job):
+    return (log_dir / f"megaseqpe-{job}.out").read_text(errors="replace")  # ranks interleave bytes
+
+
+# Long enough (about 20 s on 2 cores) that a signal lands mid-run.
+TRAIN = {"max_steps": 200, "save_every": 20, "eval_every": 100, "log_every": 1}
+STEPS = list(range(1, 201))
+SIZE = {"model": {"d_model": 128, "max_seq_len": 64}, "data": {"micro_batch_size": 8}}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, tmp_path_factory, data_manifest):
+    tmp = tmp_path_factory.mktemp("slurm_ref")
+    config = tiny_config(tmp, data_manifest, name="reference", train=TRAIN, **SIZE)
+    job = submit(cluster, config, tmp)
+    assert wait_done(cluster, job) == "COMPLETED", job_log(tmp, job)
+    return tmp, job
+
+
+def test_two_node_job_runs_one_rank_per_node_and_leaves_its_run(cluster, uninterrupted):
+    tmp, job = uninterrupted
+    log = job_log(tmp, job)
+    assert "rank 0/2 local_rank 0 on node node1 (launcher: torchrun)" in log and \
+        "rank 1/2 local_rank 0 on node node2 (launcher: torchrun)" in log, log
+    run_dir = tmp / "reference"
+    assert sorted(train_losses(run_dir)) == STEPS
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000200"
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_preempted_job_checkpoints_requeues_and_resumes_to_the_same_losses(cluster, uninterrupted, tmp_path,
+                                                                           data_manifest):
+    config = tiny_config(tmp_path, data_manifest, name="preempted", train=TRAIN, **SIZE)
+    run_dir = tmp_path / "preempted"
+    job = submit(cluster, config, tmp_path)
+    wait_for_step(run_dir, 10)
+    subprocess.run(["scontrol", "requeue", job], env=cluster, check=True)
+    # SLURM holds a requeued job for a fixed delay (about two minutes); let it start now.
+    deadline = time.monotonic() + 120
+    while job_field(cluster, job, "JobState") != "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster, check=True)
+    assert wait_done(cluster, job, timeout=400) == "COMPLETED", job_log(tmp_path, job)
+    assert int(job_field(cluster, job, "Restarts")) >= 1
+    log = job_log(tmp_path, job)
+    saved = int(re.search(r"stop requested: checkpointed at step (\d+)", log).group(1))
+    assert 10 <= saved < 200, "the preemption checkpointed mid-run"
+    assert f"resumed from step_{saved:08d}" in log
+    steps = [m["step"] for m in metrics(run_dir) if "train/loss" in m]
+    assert steps == STEPS, "contiguous, none repeated after the resume point"
+    assert train_losses(run_dir) == train_losses(uninterrupted[0] / "reference")
+
+
+def test_a_lost_node_fails_the_job_cleanly_and_a_resubmission_resumes(cluster, tmp_path, data_manifest):
+    config = tiny_config(tmp_path, data_manifest, name="lost", train=TRAIN, **SIZE)
+    run_dir = tmp_path / "lost"
+    job = submit(cluster, config, tmp_path)
+    wait_for_step(run_dir, 30)  # past the checkpoint at step 20
+    # The training process of rank 1 (node2), killed as a crashing node would be.
+    pids = subprocess.run(["pgrep", "-f", f"megaseqpe.training --config {config}"], capture_output=True,
+                          text=True).stdout.split()
+    victims = [p for p in pids if b"\0RANK=1\0" in b"\0" + Path(f"/proc/{p}/environ").read_bytes()]
+    assert victims, pids
+    os.kill(int(victims[0]), signal.SIGKILL)
+    start = time.monotonic()
+    state = wait_done(cluster, job, timeout=240)
+    assert state == "FAILED" and time.monotonic() - start < 200
+    assert "Resubmit the same command to resume" in job_log(tmp_path, job)
+    last = (run_dir / "checkpoints" / "latest").read_text()
+    job2 = submit(cluster, config, tmp_path)
+    assert wait_done(cluster, job2) == "COMPLETED", job_log(tmp_path, job2)
+    assert f"resumed from {last}" in job_log(tmp_path, job2)
+    assert sorted(train_losses(run_dir)) == STEPS
