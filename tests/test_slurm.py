@@ -147,3 +147,13 @@ def test_a_lost_node_fails_the_job_cleanly_and_a_resubmission_resumes(cluster, t
     assert wait_done(cluster, job2) == "COMPLETED", job_log(tmp_path, job2)
     assert f"resumed from {last}" in job_log(tmp_path, job2)
     assert sorted(train_losses(run_dir)) == STEPS
+
+
+def test_plain_srun_mode_one_task_per_process_without_torchrun(cluster, tmp_path, data_manifest):
+    config = tiny_config(tmp_path, data_manifest, name="srun", train={"max_steps": 4, "eval_every": 100})
+    job = submit({**cluster, "MEGASEQPE_LAUNCH": "srun"}, config, tmp_path)
+    assert wait_done(cluster, job) == "COMPLETED", job_log(tmp_path, job)
+    log = job_log(tmp_path, job)
+    assert "rank 0/2 local_rank 0 on node node1 (launcher: slurm)" in log
+    assert "rank 1/2 local_rank 0 on node node2 (launcher: slurm)" in log
+    assert sorted(train_losses(tmp_path / "srun")) == [1, 2, 3, 4]
