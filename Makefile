@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.megaseqpe-installed
 # The CPU build of torch; override (e.g. TORCH_SPEC=torch) on a GPU machine.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+DEMO_DATA := data/demo
+DEMO_RUN  := runs/demo
+DEMO_LENGTHS := 64,128,256,512,1024
 
 .PHONY: install test bench demo clean
 
@@ -24,15 +27,18 @@ install: $(STAMP)
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install
+# make bench: up to an hour on 2 cores; writes benchmarks/results/*.json and benchmarks/REPORT.md.
+bench: install $(DEMO_DATA)/shards/manifest.json
 	$(PY) benchmarks/pe_overhead.py
+	$(PY) benchmarks/attention.py
+	$(PY) benchmarks/data_throughput.py
+	$(PY) benchmarks/scaling.py --manifest $(DEMO_DATA)/shards/manifest.json
+	$(PY) benchmarks/extrapolation_study.py --manifest $(DEMO_DATA)/shards/manifest.json
+	$(PY) benchmarks/report.py
 
 # --- make demo: stdlib corpus → tokenizer → shards → 2-process DeepSpeed training → extrapolation.
 # Every product is a file target, so a second `make demo` reuses what exists (training resumes
 # from its checkpoint and stops at once when it is complete).
-DEMO_DATA := data/demo
-DEMO_RUN  := runs/demo
-DEMO_LENGTHS := 64,128,256,512,1024
 
 $(DEMO_DATA)/tokenizer/tokenizer.model: | $(STAMP)
 	$(PY) -m data_prep tokenizer --stdlib-corpus --vocab-size 2000 --out $(DEMO_DATA)/tokenizer --overwrite

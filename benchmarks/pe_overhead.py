@@ -1,42 +1,37 @@
-"""What SeqPE costs next to a learned table, measured side by side in one run.
+"""What each position scheme costs in a training step, measured side by side in one run.
 
-Training step (forward + backward) of the same small GPT with:
-  learned       GPT-2's learned absolute table
-  seqpe         SeqPE attn_scalar, main + contrastive + distillation positions in ONE unique pass
-  seqpe_naive   the same, but every occurrence of every position encoded (the reference's way)
-and one evaluation forward at a long length (batch 1, no grad): learned (interpolated table)
-against SeqPE (cached table of [0, N)).
+Training step (forward + backward) of the same GPT with learned APE, sinusoidal, RoPE, ALiBi,
+NoPE, SeqPE (attn_scalar; model + contrastive + distillation positions in ONE unique pass) and
+`seqpe_naive` (every occurrence of every position, every digit token encoded, as the reference
+code does), at two model sizes and two sequence lengths; plus one evaluation forward at a long
+length (batch 1, no grad): learned (interpolated table) against SeqPE (cached table).
 
-Time: variants interleaved step by step in one process, median of `--steps` after `--warmup`.
-Memory: each variant in a fresh subprocess, peak RSS during the measured work minus RSS before
-it. Both sides run with the same allocator settings (glibc's dynamic mmap threshold would make
-page faults, not the model, dominate; see TARGETS.md). Writes JSON and prints a table.
+Time: the variants of one (size, length) interleaved step by step, median of --steps after
+--warmup. Memory: each variant in a fresh process, peak RSS growth over two calls. Ratios are to
+learned APE. Writes benchmarks/results/pe_overhead.json.
 
-    python benchmarks/pe_overhead.py                     # 4 layers, width 256, L=512, batch 8
-    python benchmarks/pe_overhead.py --eval-len 0 --steps 5 --out /tmp/x.json
+    python benchmarks/pe_overhead.py                       # sizes 2x128,4x256; lengths 256,512
+    python benchmarks/pe_overhead.py --sizes 4x256 --lengths 512 --eval-len 0
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from megaseqpe.config import Config, ModelConfig, PositionConfig
-from megaseqpe.model import build_gpt
-from megaseqpe.positions import SeqPE, SeqPEObjectives
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import ensure_allocator_env, peak_in_subprocess, report_peak_growth, time_interleaved, write_result  # noqa: E402
 
-TRAIN_VARIANTS = ("learned", "seqpe", "seqpe_naive")
+from megaseqpe.config import Config, ModelConfig, PositionConfig  # noqa: E402
+from megaseqpe.model import build_gpt  # noqa: E402
+from megaseqpe.positions import SeqPE, SeqPEObjectives  # noqa: E402
+
+TRAIN_VARIANTS = ("learned", "sinusoidal", "rope", "alibi", "nope", "seqpe", "seqpe_naive")
 EVAL_VARIANTS = ("eval_learned", "eval_seqpe")
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 class EveryOccurrenceSeqPE(SeqPE):
@@ -54,51 +49,46 @@ class EveryOccurrenceSeqPE(SeqPE):
         return embeddings, [i.view(p.shape[:-1]) for i, p in zip(inverses, position_tensors)]
 
 
-def make_config(args, variant: str) -> Config:
-    model = ModelConfig(n_layer=args.layers, n_head=args.heads, d_model=args.width, vocab_size=args.vocab,
-                        max_seq_len=args.seq_len, attention_backend=args.backend)
-    kind = "learned" if "learned" in variant else "seqpe"
-    return Config(model=model, position=PositionConfig(type=kind, use="attn_scalar"))
-
-
 class Variant:
-    def __init__(self, args, name: str) -> None:
+    """One position scheme on one model: `run()` is a training step (or an eval forward)."""
+
+    def __init__(self, name: str, layers: int, width: int, seq_len: int, args) -> None:
         torch.manual_seed(0)
-        self.name, self.args = name, args
-        self.config = make_config(args, name)
-        self.model = build_gpt(self.config)
+        self.name, self.seq_len, self.evaluating = name, seq_len, name.startswith("eval")
+        kind = name.removeprefix("eval_").removesuffix("_naive")
+        model = ModelConfig(n_layer=layers, n_head=args.heads, d_model=width, vocab_size=args.vocab,
+                            max_seq_len=seq_len)
+        config = Config(model=model, position=PositionConfig(type=kind, use="attn_scalar"))
+        self.model = build_gpt(config)
         if name == "seqpe_naive":
-            self.model.position = EveryOccurrenceSeqPE(self.config.position, self.config.model)
-        self.objectives = SeqPEObjectives(self.config.position, args.heads) if "seqpe" in name else None
-        g = torch.Generator().manual_seed(1)
-        length = args.eval_len if name.startswith("eval") else args.seq_len
-        batch = 1 if name.startswith("eval") else args.batch
-        self.tokens = torch.randint(0, args.vocab, (batch, length + 1), generator=g)
-        # The naive variant encodes every row's positions, as the reference does per batch row.
-        self.positions = torch.arange(args.seq_len).view(1, -1, 1)
-        if name == "seqpe_naive":
+            self.model.position = EveryOccurrenceSeqPE(config.position, config.model)
+        self.objectives = SeqPEObjectives(config.position, args.heads) if kind == "seqpe" else None
+        length, batch = (args.eval_len, 1) if self.evaluating else (seq_len, args.batch)
+        self.tokens = torch.randint(0, args.vocab, (batch, length + 1), generator=torch.Generator().manual_seed(1))
+        self.positions = torch.arange(length).view(1, -1, 1)
+        if name == "seqpe_naive":  # the reference encodes every batch row's positions
             self.positions = self.positions.expand(batch, -1, -1)
-        self.step_index, self.encoded = 0, []
-        if name.startswith("eval"):
+        self.step, self.encoded = 0, []
+        if self.evaluating:
             self.model.eval()
-            if name == "eval_learned":
+            if kind == "learned":
                 self.model.position.interpolate = True  # the table must stretch to N
 
     def run(self) -> None:
-        if self.name.startswith("eval"):
+        if self.evaluating:
             with torch.no_grad():
                 self.model(self.tokens[:, :-1])
             return
-        self.step_index += 1
-        extra = ()
+        self.step += 1
+        extra, sample = (), None
         if self.objectives is not None:
-            sample = self.objectives.sample((self.args.seq_len,), np.random.default_rng(self.step_index),
-                                            np.random.default_rng([7, self.step_index]))
+            sample = self.objectives.sample((self.seq_len,), np.random.default_rng(self.step),
+                                            np.random.default_rng([7, self.step]))
             extra = sample.positions
         out = self.model(self.tokens[:, :-1], positions=self.positions, targets=self.tokens[:, 1:],
                          extra_positions=extra)
         loss = out.loss
-        if self.objectives is not None:
+        if sample is not None:
             loss = loss + self.objectives.weighted(self.objectives.losses(sample, out.position_signal.extra_embeddings))
             self.encoded.append(out.position_signal.unique_positions if self.name == "seqpe"
                                 else sum(p[..., 0].numel() for p in (self.positions, *extra)))
@@ -106,106 +96,67 @@ class Variant:
         self.model.zero_grad(set_to_none=True)
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
+def parse_size(text: str) -> tuple[int, int]:
+    layers, width = text.lower().split("x")
+    return int(layers), int(width)
 
 
-def measure_memory(args, name: str) -> None:
-    """Child process: growth of peak RSS over the variant's warm-up and one measured call."""
-    variant = Variant(args, name)
-    before = _status_bytes("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the peak (VmHWM) to the current RSS: imports and set-up don't count
-    for _ in range(2):
-        variant.run()
-    print(json.dumps({"peak_bytes": max(0, _status_bytes("VmHWM") - before)}))
-
-
-def memory_in_subprocess(args, name: str) -> int:
-    command = [sys.executable, __file__, "--memory-of", name, *sys.argv[1:]]
-    result = subprocess.run(command, env={**os.environ, **ALLOCATOR_ENV}, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
-
-
-def time_interleaved(variants: list[Variant], warmup: int, steps: int) -> dict[str, float]:
-    times = {v.name: [] for v in variants}
-    for index in range(warmup + steps):
-        for variant in variants:
-            start = time.perf_counter()
-            variant.run()
-            if index >= warmup:
-                times[variant.name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+def measure(args, layers: int, width: int, seq_len: int, names) -> dict:
+    variants = {name: Variant(name, layers, width, seq_len, args) for name in names}
+    seconds = time_interleaved({n: v.run for n, v in variants.items()}, args.warmup, args.steps)
+    encoded = {n: statistics.mean(v.encoded) for n, v in variants.items() if v.encoded}
+    del variants
+    common = ["--layers", str(layers), "--width", str(width), "--seq-len", str(seq_len), "--heads", str(args.heads),
+              "--vocab", str(args.vocab), "--batch", str(args.batch), "--eval-len", str(args.eval_len)]
+    peak = {n: peak_in_subprocess(__file__, ["--memory-of", n, *common]) for n in names}
+    base = "eval_learned" if names[0].startswith("eval") else "learned"
+    return {"layers": layers, "width": width, "seq_len": seq_len, "seconds_median": seconds, "peak_bytes": peak,
+            "positions_encoded_per_step": encoded,
+            "time_ratio_to_learned": {n: seconds[n] / seconds[base] for n in names},
+            "memory_ratio_to_learned": {n: peak[n] / peak[base] if peak[base] else None for n in names}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--sizes", default="2x128,4x256", help="model sizes as LAYERSxWIDTH, comma-separated")
+    parser.add_argument("--lengths", default="256,512", help="training sequence lengths, comma-separated")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--backend", default="auto", choices=("auto", "sdpa", "eager", "flash"))
     parser.add_argument("--eval-len", type=int, default=8192, help="evaluation length; 0 skips the eval part")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pe_overhead.json")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
+    parser.add_argument("--layers", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--seq-len", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.memory_of:
-        return measure_memory(args, args.memory_of)
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != ALLOCATOR_ENV["MALLOC_MMAP_THRESHOLD_"]:
-        # Re-run under the fixed allocator settings so that the timing process matches the memory ones.
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], {**os.environ, **ALLOCATOR_ENV})
-
-    names = list(TRAIN_VARIANTS) + (list(EVAL_VARIANTS) if args.eval_len else [])
-    print(f"timing {', '.join(names)}: {args.warmup} warm-up + {args.steps} interleaved steps each", flush=True)
-    train = [Variant(args, n) for n in TRAIN_VARIANTS]
-    seconds = time_interleaved(train, args.warmup, args.steps)
-    encoded = {v.name: statistics.mean(v.encoded) for v in train if v.encoded}
-    del train
+        return report_peak_growth(Variant(args.memory_of, args.layers, args.width, args.seq_len, args).run)
+    ensure_allocator_env()
+    grid = []
+    for size in args.sizes.split(","):
+        layers, width = parse_size(size)
+        for seq_len in (int(n) for n in args.lengths.split(",")):
+            print(f"{layers} layers x {width}, L = {seq_len}: {', '.join(TRAIN_VARIANTS)}", flush=True)
+            grid.append(measure(args, layers, width, seq_len, TRAIN_VARIANTS))
+            print_row(grid[-1])
+    result = {"config": {k: v for k, v in vars(args).items() if v is not None and k != "memory_of"},
+              "train_step": grid}
     if args.eval_len:
-        seconds.update(time_interleaved([Variant(args, n) for n in EVAL_VARIANTS], 1, max(3, args.steps // 3)))
-    print("measuring peak memory, one subprocess per variant", flush=True)
-    peak = {name: memory_in_subprocess(args, name) for name in names}
+        layers, width = parse_size(args.sizes.split(",")[-1])
+        print(f"evaluation forward at N = {args.eval_len}, {layers} layers x {width}", flush=True)
+        result["eval_forward"] = measure(args, layers, width, int(args.lengths.split(",")[-1]), EVAL_VARIANTS)
+        print_row(result["eval_forward"])
+    write_result("pe_overhead", result)
 
-    ratio = lambda table, a, b: table[a] / table[b] if table[b] else None
-    result = {
-        "benchmark": "pe_overhead",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "config": {k: v for k, v in vars(args).items() if k not in ("out", "memory_of")},
-        "step_seconds_median": seconds,
-        "peak_memory_bytes": peak,
-        "positions_encoded_per_step": encoded,
-        "ratios": {
-            "seqpe_over_learned_time": ratio(seconds, "seqpe", "learned"),
-            "seqpe_naive_over_learned_time": ratio(seconds, "seqpe_naive", "learned"),
-            "seqpe_naive_over_seqpe_time": ratio(seconds, "seqpe_naive", "seqpe"),
-            "seqpe_over_learned_memory": ratio(peak, "seqpe", "learned"),
-            "seqpe_naive_over_seqpe_memory": ratio(peak, "seqpe_naive", "seqpe"),
-            "naive_over_unique_positions": ratio(encoded, "seqpe_naive", "seqpe"),
-        },
-    }
-    if args.eval_len:
-        result["ratios"].update({
-            "eval_seqpe_over_learned_time": ratio(seconds, "eval_seqpe", "eval_learned"),
-            "eval_seqpe_over_learned_memory": ratio(peak, "eval_seqpe", "eval_learned")})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'variant':<14}{'median s':>10}{'peak MiB':>10}{'positions':>11}")
-    for name in names:
-        positions = f"{encoded[name]:.0f}" if name in encoded else "-"
-        print(f"{name:<14}{seconds[name]:>10.3f}{peak[name] / 2**20:>10.1f}{positions:>11}")
-    for key, value in result["ratios"].items():
-        print(f"{key:<34}{value:.3f}" if value is not None else f"{key:<34}n/a")
-    print(f"wrote {args.out}")
+
+def print_row(row: dict) -> None:
+    for name, seconds in row["seconds_median"].items():
+        encoded = row["positions_encoded_per_step"].get(name)
+        print(f"  {name:<13}{seconds:8.3f} s  x{row['time_ratio_to_learned'][name]:5.2f} time"
+              f"  {row['peak_bytes'][name] / 2**20:8.1f} MiB  x{(row['memory_ratio_to_learned'][name] or 0):5.2f} mem"
+              + (f"  {encoded:.0f} positions/step" if encoded else ""), flush=True)
 
 
 if __name__ == "__main__":

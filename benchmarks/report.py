@@ -1,0 +1,160 @@
+"""Turn benchmarks/results/*.json into benchmarks/REPORT.md and PNG figures (benchmarks/figures/).
+
+Only reports what the JSON holds: a benchmark that was not run is listed as missing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS, FIGURES = HERE / "results", HERE / "figures"
+MiB = 2 ** 20
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def figure(name: str, draw) -> str:
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    draw(ax)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    FIGURES.mkdir(exist_ok=True)
+    fig.savefig(FIGURES / f"{name}.png", dpi=110)
+    plt.close(fig)
+    return f"![{name}](figures/{name}.png)"
+
+
+def pe_section(data: dict) -> list[str]:
+    out = ["## 1. Position-encoding cost (training step, forward + backward)", "",
+           "Ratios to learned APE, measured side by side (interleaved) in one run; memory is the peak "
+           "RSS growth of a fresh process over two steps. `seqpe_naive` encodes every occurrence and "
+           "every digit token, as the reference code does.", ""]
+    for row in data["train_step"]:
+        names = list(row["seconds_median"])
+        out += [f"**{row['layers']} layers x {row['width']}, L = {row['seq_len']}, batch {data['config']['batch']}**", ""]
+        out += table(["variant", "step (s)", "time / APE", "peak MiB", "memory / APE", "positions encoded / step"],
+                     [[n, f"{row['seconds_median'][n]:.3f}", f"{row['time_ratio_to_learned'][n]:.2f}",
+                       f"{row['peak_bytes'][n] / MiB:.0f}", f"{row['memory_ratio_to_learned'][n]:.2f}",
+                       f"{row['positions_encoded_per_step'].get(n, 0):.0f}" if n in row["positions_encoded_per_step"] else "-"]
+                      for n in names]) + [""]
+
+    def draw(ax):
+        labels = [f"{r['layers']}x{r['width']} L{r['seq_len']}" for r in data["train_step"]]
+        names = list(data["train_step"][0]["seconds_median"])
+        width = 0.8 / len(names)
+        for i, n in enumerate(names):
+            ax.bar([x + i * width for x in range(len(labels))], [r["time_ratio_to_learned"][n] for r in data["train_step"]],
+                   width, label=n)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set(ylabel="step time / learned APE", title="Training-step cost of each position scheme")
+    out += [figure("pe_overhead", draw), ""]
+    if "eval_forward" in data:
+        ev = data["eval_forward"]
+        out += [f"**Evaluation forward, batch 1, N = {data['config']['eval_len']} ({ev['layers']} layers x {ev['width']})**", ""]
+        out += table(["variant", "seconds", "time / APE", "peak MiB", "memory / APE"],
+                     [[n, f"{ev['seconds_median'][n]:.3f}", f"{ev['time_ratio_to_learned'][n]:.2f}",
+                       f"{ev['peak_bytes'][n] / MiB:.0f}", f"{ev['memory_ratio_to_learned'][n]:.2f}"]
+                      for n in ev["seconds_median"]]) + [""]
+    return out
+
+
+def attention_section(data: dict) -> list[str]:
+    variants = data["variants"]
+    out = ["## 2. Attention with SeqPE attn_scalar", "",
+           f"Forward + backward, batch {data['config']['batch']}, {data['config']['heads']} heads of "
+           f"{data['config']['head_dim']}; `sdpa`/`eager` concatenate pe_q/pe_k to q/k, `dense_bias` "
+           "materialises the [B, H, N, N] bias.", ""]
+    out += table(["N"] + [f"{v} ms" for v in variants] + [f"{v} MiB" for v in variants],
+                 [[r["length"]] + [f"{r['seconds_median'][v] * 1e3:.1f}" for v in variants] +
+                  [f"{r['peak_bytes'][v] / MiB:.0f}" for v in variants] for r in data["rows"]]) + [""]
+
+    def draw(ax):
+        for v in variants:
+            ax.plot([r["length"] for r in data["rows"]], [r["peak_bytes"][v] / MiB for r in data["rows"]], marker="o", label=v)
+        ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="peak MiB", title="Attention peak memory")
+    return out + [figure("attention_memory", draw), ""]
+
+
+def data_section(data: dict) -> list[str]:
+    out = ["## 3. Data pipeline", ""]
+    rows = [["raw SentencePiece encode, 1 process", f"{data['raw_encode_tokens_per_s']:,.0f} tokens/s"],
+            ["raw encode, 2 processes at once", f"{data['raw_encode_2_concurrent_processes_tokens_per_s']:,.0f} tokens/s"]]
+    for workers, rate in data["shards_tokens_per_s"].items():
+        rows.append([f"`megaseqpe-prep shards`, {workers} worker(s)",
+                     f"{rate:,.0f} tokens/s ({data['shards_vs_raw_per_worker'][workers]:.2f}x raw per worker)"])
+    for workers, rate in data["loader_rows_per_s"].items():
+        rows.append([f"training loader, {workers} DataLoader worker(s)", f"{rate:,.0f} rows/s"])
+    rows.append(["demo model consumes (one rank)", f"{data['demo_model_consumes_rows_per_s']['rows_per_s']:,.0f} rows/s"])
+    return out + table(["what", "throughput"], rows) + [""]
+
+
+def study_section(data: dict) -> list[str]:
+    lengths = [str(n) for n in data["lengths"]]
+    train = data["config"]["length"]
+    out = ["## 4. Length extrapolation study", "",
+           f"Embedded corpus (Python stdlib sources), configs/demo.yaml with the same model, data, seed and "
+           f"{data['config']['steps']} steps for every type at L = {train}; validation perplexity at batch 1, "
+           f"{data['config']['max_tokens']} tokens per length.", ""]
+    out += table(["type"] + [f"{n} ({int(n) // train}L)" for n in lengths] + ["beyond L"],
+                 [[kind] + [f"{run['ppl'][n]:.1f}" if run["ppl"].get(n) else "n/a" for n in lengths] +
+                  [run["method"][lengths[-1]]] for kind, run in data["runs"].items()]) + [""]
+
+    def draw(ax):
+        for kind, run in data["runs"].items():
+            points = [(int(n), run["ppl"][n]) for n in lengths if run["ppl"].get(n)]
+            ax.plot(*zip(*points), marker="o", label=kind)
+        ax.axvline(train, color="grey", linestyle=":")
+        ax.set(xscale="log", yscale="log", xlabel="evaluation length", ylabel="perplexity",
+               title=f"Perplexity vs length (trained at L = {train})")
+    return out + [figure("extrapolation", draw), ""]
+
+
+def scaling_section(data: dict) -> list[str]:
+    enc = data["encoder"]
+    out = ["## 5. Scaling", "", "SeqPE encoder pass (forward + backward, width 256, 2 layers) vs unique positions:", ""]
+    out += table(["unique positions", "shared prefixes ms", "every digit ms"],
+                 [[r["unique_positions"], f"{r['seconds_shared_prefixes'] * 1e3:.1f}", f"{r['seconds_every_digit'] * 1e3:.1f}"]
+                  for r in enc["rows"]]) + [""]
+    for key, fit in enc["linear_fit"].items():
+        out.append(f"- {key.removeprefix('seconds_')}: {fit['seconds_per_position'] * 1e6:.1f} us per position, "
+                   f"R^2 = {fit['r_squared']:.4f} for a straight line")
+    dp = data["data_parallel"]
+    out += ["", f"Training tokens/s (configs/demo.yaml, DeepSpeed ZeRO-2, CPU): 1 process "
+            f"{dp['1_process']:,.0f}, 2 processes {dp['2_process']:,.0f} ({dp['ratio_2_over_1']:.2f}x).", ""]
+    return out
+
+
+def main() -> None:
+    sections = {"pe_overhead": pe_section, "attention": attention_section, "data_throughput": data_section,
+                "extrapolation_study": study_section, "scaling": scaling_section}
+    lines = ["# Benchmarks", "", "Made by `make bench` from `benchmarks/results/*.json`; all ratios measured side "
+             "by side in one run on the same machine.", ""]
+    machine = next((d["machine"] for d in map(load, sections) if d and "machine" in d), {})
+    lines += [f"Machine: {machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')}"
+              f"{', GPU ' + machine['gpu'] if 'gpu' in machine else ', no GPU'}.", ""]
+    for name, render in sections.items():
+        data = load(name)
+        lines += render(data) if data else [f"## {name}", "", f"not run: benchmarks/results/{name}.json is missing", ""]
+    lines += ["## 6. GPU", "", "No GPU was lent to the session that made this report: GPT-2 small tokens/s and MFU "
+              "with flash-attn / SDPA in bf16 are not measured here (run `make bench` on a GPU machine).", ""]
+    (HERE / "REPORT.md").write_text("\n".join(lines))
+    print(f"wrote {HERE / 'REPORT.md'}")
+
+
+if __name__ == "__main__":
+    main()
