@@ -10,7 +10,11 @@ rows that follow are identical to those of an uninterrupted run, for any ``num_w
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
+import multiprocessing
+import os
 import signal
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -23,11 +27,16 @@ from .dataset import ReaderState, TextShardDataset
 STATE_VERSION = 1
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """A scheduler's SIGTERM/SIGUSR1 reach every process of the job: the workers leave them to the
-    training process, which checkpoints and then shuts them down (a worker killed by the signal
-    would fail the batch it was reading, and with it the checkpoint)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _guard_stop_signals(exiting, worker_id: int) -> None:
+    """A scheduler's SIGTERM/SIGUSR1 reach every process of the job. Workers leave them to the
+    training process, which checkpoints and then shuts them down: a worker killed by the signal
+    would fail the step in flight, and with it the checkpoint. Only when the training process
+    itself is exiting (`exiting` is set at its exit, before multiprocessing terminates its
+    children with SIGTERM) does SIGTERM end a worker."""
+    def on_terminate(signum, frame) -> None:
+        if exiting.is_set():
+            os._exit(0)
+    signal.signal(signal.SIGTERM, on_terminate)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
@@ -46,6 +55,9 @@ class TokenBatchLoader:
         self.prefetch_factor = prefetch_factor
         self.batches_consumed = 0
         self.reader_states: dict[int, ReaderState] = {}
+        # Runs before multiprocessing's own exit handler (atexit is last-in, first-out).
+        self._exiting = multiprocessing.Event()
+        atexit.register(self._exiting.set)
 
     @property
     def skipped_samples(self) -> int:
@@ -65,7 +77,7 @@ class TokenBatchLoader:
         extra: dict[str, Any] = {}
         if self.dataset.num_workers > 0:
             extra = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False,
-                     "worker_init_fn": _ignore_stop_signals}
+                     "worker_init_fn": functools.partial(_guard_stop_signals, self._exiting)}
         return DataLoader(self.dataset, batch_size=None, num_workers=self.dataset.num_workers,
                           pin_memory=self.pin_memory, **extra)
 
