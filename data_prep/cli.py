@@ -1,4 +1,4 @@
-"""``megaseqpe-prep``: the command line of data_prep (``tokenizer`` and ``shards`` subcommands).
+"""``megaseqpe-prep``: the command line of data_prep (``tokenizer``, ``shards``, ``images``).
 
 User mistakes raise :class:`~data_prep.errors.UserError` anywhere below; ``main`` prints them as
 one line on stderr and exits 1, so nobody reads a traceback for a typo in a path.
@@ -16,6 +16,7 @@ from megaseqpe.data.demo_corpus import first_files
 
 from .corpus import SkipLog, discover_files, read_documents
 from .errors import UserError
+from .images import build_image_shards, digits_source, folder_source, image_summary, npz_source
 from .outputs import TMP_SUFFIX, prepare_output_dir
 from .shards import build_shards, split_summary
 from .tokenizer import MODEL_NAME, MODEL_TYPES, VOCAB_NAME, load_tokenizer, train_tokenizer
@@ -76,8 +77,9 @@ def _input_arguments() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for documentation and tests)."""
     common = _input_arguments()
-    parser = _Parser(prog=PROG, description="Prepare text for megaseqpe: train a SentencePiece "
-                     "tokenizer, then tokenise a corpus into WebDataset shards + manifest.json.")
+    parser = _Parser(prog=PROG, description="Prepare data for megaseqpe: train a SentencePiece "
+                     "tokenizer, then tokenise a corpus into WebDataset shards + manifest.json; or "
+                     "turn images into WebDataset image shards + manifest.json.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     tok = sub.add_parser("tokenizer", parents=[common], formatter_class=_HelpFormatter,
@@ -110,6 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, metavar="N",
                     help="tokenising processes (default: all cores)")
     sh.add_argument("--overwrite", action="store_true",
+                    help="replace manifest.json and shards of an earlier run in DIR")
+
+    im = sub.add_parser("images", formatter_class=_HelpFormatter, help="images into DIR/{train,val} shards",
+                        description="Write labelled images as WebDataset tar shards "
+                        "OUT/{train,val}/shard-NNNNNN.tar (<key>.image.npy uint8 HxWxC, <key>.cls, "
+                        "<key>.meta.json) and OUT/manifest.json (\"kind\": \"image\") last. Unreadable "
+                        "or corrupt image files are skipped and counted.")
+    source = im.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, metavar="PATH",
+                        help="an ImageFolder directory (CLASS/*.png|jpg; classes = sorted subdirectory "
+                             "names) or a .npz with 'images' [N,H,W(,C)] and 'labels' [N] (optional 'classes')")
+    source.add_argument("--sklearn-digits", action="store_true",
+                        help="the embedded demo data: scikit-learn's bundled 8x8 handwritten digits")
+    im.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    im.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F",
+                    help="share of images for validation, chosen by a stable hash of the key")
+    im.add_argument("--shard-samples", type=_positive, default=10_000, metavar="N",
+                    help="images per shard")
+    im.add_argument("--overwrite", action="store_true",
                     help="replace manifest.json and shards of an earlier run in DIR")
     return parser
 
@@ -154,11 +175,26 @@ def _run_shards(args: argparse.Namespace) -> None:
     print(f"{split_summary(manifest)}; wrote {args.out / 'manifest.json'}")
 
 
+def _run_images(args: argparse.Namespace) -> None:
+    skips = SkipLog()
+    if args.sklearn_digits:
+        source = digits_source(skips)
+    elif args.input.suffix.lower() == ".npz":
+        source = npz_source(args.input, skips)
+    else:
+        source = folder_source(args.input, skips)
+    prepare_output_dir(args.out, ["manifest.json", "train", "val"], args.overwrite)
+    manifest = build_image_shards(source, skips, out=args.out, val_fraction=args.val_fraction,
+                                  shard_samples=args.shard_samples)
+    print(f"{source.files_seen} file(s) read; {skips.summary()}")
+    print(f"{image_summary(manifest)}; wrote {args.out / 'manifest.json'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``megaseqpe-prep`` / ``python -m data_prep``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        {"tokenizer": _run_tokenizer, "shards": _run_shards}[args.command](args)
+        {"tokenizer": _run_tokenizer, "shards": _run_shards, "images": _run_images}[args.command](args)
     except UserError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -25,6 +25,11 @@ from .errors import UserError
 NUL = b"\0"
 
 
+def sample_key(source: str, index: int) -> str:
+    """Unique, stable WebDataset key (no '.' or '/'): a hash of source path and index."""
+    return hashlib.sha1(f"{source}\0{index}".encode("utf-8")).hexdigest()[:24]
+
+
 @dataclass(frozen=True)
 class Document:
     """One document: its text, the absolute path of its file and its index within that file."""
@@ -35,8 +40,7 @@ class Document:
 
     @property
     def key(self) -> str:
-        """Unique, stable WebDataset key (no '.' or '/'): a hash of source path and index."""
-        return hashlib.sha1(f"{self.source}\0{self.index}".encode("utf-8")).hexdigest()[:24]
+        return sample_key(self.source, self.index)
 
 
 @dataclass

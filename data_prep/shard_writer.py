@@ -34,12 +34,14 @@ class _HashingFile:
 
 class SplitShardWriter:
     """Appends documents to ``root/split/shard-NNNNNN.tar``, starting a new shard after
-    ``shard_tokens`` tokens (a shard always ends on a document boundary, so it may overshoot)."""
+    ``shard_tokens`` tokens (a shard always ends on a document boundary, so it may overshoot)
+    or after ``shard_samples`` samples (image shards count images)."""
 
-    def __init__(self, root: Path, split: str, shard_tokens: int) -> None:
+    def __init__(self, root: Path, split: str, shard_tokens: int, shard_samples: int | None = None) -> None:
         self.root = root
         self.split = split
         self.shard_tokens = shard_tokens
+        self.shard_samples = shard_samples
         self.shards: list[ShardInfo] = []
         self._tar: TarWriter | None = None
 
@@ -55,12 +57,16 @@ class SplitShardWriter:
 
     def write(self, key: str, tokens: np.ndarray, source: str, index: int) -> None:
         """Add one document (its tokens already in the manifest's dtype)."""
+        self.write_sample(encode_sample(key, tokens, source, index), len(tokens))
+
+    def write_sample(self, members: dict, size: int) -> None:
+        """Add one encoded sample (tar members as bytes) that counts ``size`` tokens (or pixels)."""
         if self._tar is None:
             self._open()
-        self._tar.write(encode_sample(key, tokens, source, index))
+        self._tar.write(members)
         self._samples += 1
-        self._tokens += len(tokens)
-        if self._tokens >= self.shard_tokens:
+        self._tokens += size
+        if self._tokens >= self.shard_tokens or (self.shard_samples and self._samples >= self.shard_samples):
             self._finish()
 
     def _finish(self) -> None:

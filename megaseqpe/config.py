@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 import yaml
 
 POSITION_TYPES = ("seqpe", "learned", "sinusoidal", "rope", "alibi", "nope")
+TASKS = ("language_modeling", "image_classification")
 ATTENTION_BACKENDS = ("auto", "flash", "sdpa", "eager")
 
 
@@ -47,9 +48,15 @@ class ModelConfig:
     attention_backend: str = "auto"
     bias: bool = True
     tie_embeddings: bool = True
+    # --- the ViT (task: image_classification); the text model ignores them ---
+    image_size: int = 16  # training resolution (square images, pixels)
+    patch_size: int = 4
+    channels: int = 1
+    num_classes: int = 10
 
     def __post_init__(self) -> None:
-        for key in ("n_layer", "n_head", "d_model", "vocab_size", "max_seq_len"):
+        for key in ("n_layer", "n_head", "d_model", "vocab_size", "max_seq_len", "image_size", "patch_size",
+                    "channels", "num_classes"):
             _check(getattr(self, key) > 0, f"model.{key}", "must be positive")
         _check(self.d_model % self.n_head == 0, "model.d_model",
                f"{self.d_model} is not divisible by model.n_head={self.n_head}")
@@ -60,6 +67,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of a training image (the ViT's position grid is grid_size x grid_size)."""
+        return self.image_size // self.patch_size
 
 
 @dataclass
@@ -196,8 +208,13 @@ class RunConfig:
 
 @dataclass
 class Config:
-    """The whole run: one section per concern, as in the YAML files under configs/."""
+    """The whole run: one section per concern, as in the YAML files under configs/.
 
+    `task` is the one top-level scalar: it picks the model, data pipeline and loss (a GPT on
+    token shards, or a ViT on image shards); every other key lives in a section.
+    """
+
+    task: str = "language_modeling"
     model: ModelConfig = field(default_factory=ModelConfig)
     position: PositionConfig = field(default_factory=PositionConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -206,13 +223,28 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        if self.position.type == "seqpe" and self.position.n_dims == 1:
+        _choice(self.task, "task", TASKS)
+        if self.task == "image_classification":
+            self._check_image_task()
+        elif self.position.type == "seqpe" and self.position.n_dims == 1:
             _check(self.position.max_position >= self.model.max_seq_len, "position.max_position",
                    f"{self.position.max_position} is below model.max_seq_len={self.model.max_seq_len}")
         if self.position.type == "rope":
             _check(self.model.head_dim % (2 * self.position.n_dims) == 0, "model.d_model",
                    f"RoPE over {self.position.n_dims} dims needs head_dim divisible by "
                    f"{2 * self.position.n_dims}, got {self.model.head_dim}")
+
+    def _check_image_task(self) -> None:
+        model, position = self.model, self.position
+        _check(model.image_size % model.patch_size == 0, "model.image_size",
+               f"{model.image_size} is not a multiple of model.patch_size={model.patch_size}")
+        _check(position.n_dims == 2, "position.n_dims",
+               f"image_classification positions are (row, col) patch coordinates: set 2, got {position.n_dims}")
+        _check(position.type != "alibi", "position.type", "alibi is 1-D only; use seqpe, learned, "
+               "sinusoidal, rope or nope for images")
+        if position.type == "seqpe":
+            _check(position.max_position >= model.grid_size, "position.max_position",
+                   f"{position.max_position} is below the training grid of {model.grid_size} patches per side")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -251,13 +283,15 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
     """Build a validated Config; unknown sections/keys and wrong types fail naming the key."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
-    sections = {f.name: f.type for f in dataclasses.fields(Config)}
     hints = typing.get_type_hints(Config)
     built = {}
     for section, values in data.items():
-        if section not in sections:
-            raise ConfigError(f"{source}: unknown section {section!r}{_suggest(section, sections)}")
+        if section not in hints:
+            raise ConfigError(f"{source}: unknown section {section!r}{_suggest(section, hints)}")
         cls = hints[section]
+        if not dataclasses.is_dataclass(cls):  # a top-level scalar such as `task`
+            built[section] = _coerce(values, cls, section)
+            continue
         if not isinstance(values, Mapping):
             raise ConfigError(f"{section}: expected a mapping of keys, got {type(values).__name__}")
         field_hints = typing.get_type_hints(cls)
@@ -270,10 +304,16 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
     return Config(**built)
 
 
+def _scalar_fields() -> set[str]:
+    """Top-level Config fields that are plain values, not sections (overridden as `task=...`)."""
+    return {name for name, hint in typing.get_type_hints(Config).items() if not dataclasses.is_dataclass(hint)}
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`section.key=value` → (["section", "key"], value parsed as YAML: 3, 1e-4, true, [0.9, 0.95])."""
+    """`section.key=value` → (["section", "key"], value parsed as YAML: 3, 1e-4, true, [0.9, 0.95]);
+    a top-level scalar is `name=value` (`task=image_classification`)."""
     path, sep, raw = text.partition("=")
-    if not sep or "." not in path:
+    if not sep or ("." not in path and path.strip() not in _scalar_fields()):
         raise ConfigError(f"override {text!r}: expected section.key=value")
     return path.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
 
@@ -291,6 +331,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
             raise ConfigError(f"{path}: not valid YAML: {error}".splitlines()[0]) from None
     for text in overrides:
         keys, value = parse_override(text)
+        if len(keys) == 1:
+            data[keys[0]] = value
+            continue
         if len(keys) != 2:
             raise ConfigError(f"override {text!r}: expected exactly section.key")
         data.setdefault(keys[0], {})

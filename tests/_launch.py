@@ -69,3 +69,12 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 def check(result: subprocess.CompletedProcess, code: int = 0) -> None:
     assert result.returncode == code, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Every scalar tag of the run's TensorBoard event files, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    return {tag: [event.value for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}

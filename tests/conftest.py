@@ -53,3 +53,12 @@ def data_manifest(tmp_path_factory: pytest.TempPathFactory, data_corpus_files: l
     out = tmp_path_factory.mktemp("data_shards") / "out"
     return _build_shards(data_corpus_files, data_tokenizer, out, "--shard-tokens", "10000",
                              "--val-fraction", "0.1", "--workers", "2")
+
+
+@pytest.fixture(scope="session")
+def vit_digits_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn's 8x8 digits as image shards (256 images each: 6 train, 2 val), built by the CLI."""
+    out = tmp_path_factory.mktemp("vit_digits") / "digits"
+    assert prep_main(["images", "--sklearn-digits", "--out", str(out), "--shard-samples", "256",
+                      "--val-fraction", "0.15"]) == 0
+    return out / "manifest.json"

@@ -5,9 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from _launch import REPO, check, environment, metrics, tiny_config, train
+from _launch import REPO, check, environment, metrics, tensorboard_scalars as scalars, tiny_config, train
 from megaseqpe.evaluation import evaluate_run
 
 pytestmark = pytest.mark.multiprocess
@@ -28,12 +27,6 @@ def runs(tmp_path_factory, data_manifest):
         check(train(config, nproc=1))
         out[kind] = tmp / kind
     return out
-
-
-def scalars(run_dir):
-    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
-    accumulator.Reload()
-    return {tag: [event.value for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
 def test_tensorboard_has_every_documented_tag_and_metrics_jsonl_the_same_numbers(runs):

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch.utils.data import DataLoader
 
-from .dataset import ReaderState, TextShardDataset
+from .dataset import ReaderState, ShardStreamDataset, TextShardDataset
 
 STATE_VERSION = 1
 
@@ -41,14 +41,15 @@ def _guard_stop_signals(exiting, worker_id: int) -> None:
 
 
 class TokenBatchLoader:
-    """Iterable of ``LongTensor[micro_batch_size, max_seq_len + 1]`` training batches, endless.
+    """Iterable of training batches, endless: ``LongTensor[micro_batch_size, max_seq_len + 1]``
+    from a :class:`TextShardDataset`, ``(images, labels)`` from an image dataset.
 
     Iterating again (after a ``break``) continues where the last iteration's consumer stopped.
     ``state_dict()`` / ``load_state_dict()`` save and restore that position; save it with the
     model checkpoint of the same step, per rank.
     """
 
-    def __init__(self, dataset: TextShardDataset, *, pin_memory: bool = False,
+    def __init__(self, dataset: ShardStreamDataset, *, pin_memory: bool = False,
                  prefetch_factor: int = 2) -> None:
         self.dataset = dataset
         self.pin_memory = pin_memory
@@ -92,7 +93,7 @@ class TokenBatchLoader:
                                        f"where worker {expected} was due; resumable order is lost")
                 self.reader_states[expected] = ReaderState.from_dict(item["state"])
                 self.batches_consumed += 1
-                yield item["tokens"]
+                yield item["batch"]
         finally:
             # Stop the workers now: left to the garbage collector after an error (the traceback
             # keeps this frame alive), their queues may be finalised first and shutdown then

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 FORMAT_VERSION = 1
 KIND_TEXT = "text"
+KIND_IMAGE = "image"
+KINDS = (KIND_TEXT, KIND_IMAGE)
 SPLITS = ("train", "val")
 #: Why an input (a file, or a line of a .jsonl file) was left out of the shards.
 SKIP_REASONS = ("empty", "binary", "bad_utf8", "unreadable", "corrupt")
@@ -28,7 +30,9 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One tar shard: its path relative to the manifest, sample and token counts, sha256."""
+    """One tar shard: its path relative to the manifest, sample and token counts, sha256.
+
+    In image manifests ``tokens`` counts pixel values (height x width x channels per image)."""
 
     path: str
     samples: int
@@ -62,6 +66,16 @@ class TokenizerInfo:
 
 
 @dataclass(frozen=True)
+class ImageInfo:
+    """What every image of an image manifest looks like, and the class names by label index."""
+
+    height: int
+    width: int
+    channels: int
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class InputsInfo:
     """What the corpus held: files seen, documents written, and what was skipped and why."""
 
@@ -73,14 +87,18 @@ class InputsInfo:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A parsed manifest; ``root`` is the directory its relative paths are resolved against."""
+    """A parsed manifest; ``root`` is the directory its relative paths are resolved against.
+
+    A ``"text"`` manifest has ``tokenizer``; an ``"image"`` manifest has ``image`` instead.
+    """
 
     created_by: str
-    tokenizer: TokenizerInfo
+    tokenizer: TokenizerInfo | None
     splits: Mapping[str, SplitInfo]
     inputs: InputsInfo
     root: Path = Path(".")
     kind: str = KIND_TEXT
+    image: ImageInfo | None = None
 
     def split(self, name: str) -> SplitInfo:
         """The named split, or a ManifestError listing the splits that exist."""
@@ -99,13 +117,17 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document, keys in the order of the format description."""
+        if self.kind == KIND_IMAGE:
+            content = {"image": {"height": self.image.height, "width": self.image.width,
+                                 "channels": self.image.channels, "classes": list(self.image.classes)}}
+        else:
+            content = {"tokenizer": {"path": self.tokenizer.path, "sha256": self.tokenizer.sha256,
+                                     "vocab_size": self.tokenizer.vocab_size, "eos_id": self.tokenizer.eos_id}}
         return {
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
             "created_by": self.created_by,
-            "tokenizer": {"path": self.tokenizer.path, "sha256": self.tokenizer.sha256,
-                          "vocab_size": self.tokenizer.vocab_size,
-                          "eos_id": self.tokenizer.eos_id},
+            **content,
             "splits": {
                 name: {"shards": [{"path": s.path, "samples": s.samples, "tokens": s.tokens,
                                    "sha256": s.sha256} for s in split.shards],
@@ -158,15 +180,7 @@ def _parse_split(r: _Reader, obj: Any, key: str) -> SplitInfo:
     return split
 
 
-def manifest_from_dict(data: Any, root: Path, source: str = "manifest.json") -> Manifest:
-    """Validate a decoded manifest; raises ManifestError naming the first bad key."""
-    r = _Reader(source)
-    version = r.get(data, "", "format_version", int)
-    if version != FORMAT_VERSION:
-        raise r.fail("format_version", f"is {version}, this megaseqpe reads {FORMAT_VERSION}")
-    kind = r.get(data, "", "kind", str)
-    if kind != KIND_TEXT:
-        raise r.fail("kind", f"is {kind!r}, the text pipeline needs {KIND_TEXT!r}")
+def _parse_tokenizer(r: _Reader, data: Any) -> TokenizerInfo:
     tok = r.get(data, "", "tokenizer", dict)
     tokenizer = TokenizerInfo(path=r.get(tok, "tokenizer", "path", str),
                               sha256=r.get(tok, "tokenizer", "sha256", str),
@@ -174,6 +188,37 @@ def manifest_from_dict(data: Any, root: Path, source: str = "manifest.json") -> 
                               eos_id=r.count(tok, "tokenizer", "eos_id"))
     if not 0 <= tokenizer.eos_id < tokenizer.vocab_size:
         raise r.fail("tokenizer.eos_id", f"must be in [0, vocab_size), got {tokenizer.eos_id}")
+    return tokenizer
+
+
+def _parse_image(r: _Reader, data: Any) -> ImageInfo:
+    obj = r.get(data, "", "image", dict)
+    sizes = {name: r.count(obj, "image", name) for name in ("height", "width", "channels")}
+    for name, value in sizes.items():
+        if value < 1:
+            raise r.fail(f"image.{name}", f"must be >= 1, got {value}")
+    classes = r.get(obj, "image", "classes", list)
+    if not classes or not all(isinstance(c, str) for c in classes):
+        raise r.fail("image.classes", "must be a non-empty list of class names")
+    return ImageInfo(**sizes, classes=tuple(classes))
+
+
+def manifest_from_dict(data: Any, root: Path, source: str = "manifest.json",
+                       expect: str | None = KIND_TEXT) -> Manifest:
+    """Validate a decoded manifest; raises ManifestError naming the first bad key.
+
+    ``expect`` is the kind the caller's pipeline reads (``None`` accepts either)."""
+    r = _Reader(source)
+    version = r.get(data, "", "format_version", int)
+    if version != FORMAT_VERSION:
+        raise r.fail("format_version", f"is {version}, this megaseqpe reads {FORMAT_VERSION}")
+    kind = r.get(data, "", "kind", str)
+    if kind not in KINDS:
+        raise r.fail("kind", f"is {kind!r}, expected one of {', '.join(map(repr, KINDS))}")
+    if expect is not None and kind != expect:
+        raise r.fail("kind", f"is {kind!r}, the {expect} pipeline needs {expect!r}")
+    tokenizer = _parse_tokenizer(r, data) if kind == KIND_TEXT else None
+    image = _parse_image(r, data) if kind == KIND_IMAGE else None
     splits_obj = r.get(data, "", "splits", dict)
     splits = {name: _parse_split(r, r.get(splits_obj, "splits", name, dict), f"splits.{name}")
               for name in splits_obj}
@@ -186,11 +231,12 @@ def manifest_from_dict(data: Any, root: Path, source: str = "manifest.json") -> 
         examples_skipped=tuple(r.get(inp, "inputs", "examples_skipped", list)),
     )
     return Manifest(created_by=r.get(data, "", "created_by", str), tokenizer=tokenizer,
-                    splits=splits, inputs=inputs, root=root, kind=kind)
+                    splits=splits, inputs=inputs, root=root, kind=kind, image=image)
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read and validate ``manifest.json`` (or the directory holding it)."""
+def load_manifest(path: str | Path, expect: str | None = KIND_TEXT) -> Manifest:
+    """Read and validate ``manifest.json`` (or the directory holding it); ``expect`` as in
+    :func:`manifest_from_dict`."""
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.json"
@@ -200,4 +246,4 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ManifestError(f"{path}: no such manifest (run `megaseqpe-prep shards` first)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read manifest: {exc}") from None
-    return manifest_from_dict(data, root=path.parent.resolve(), source=str(path))
+    return manifest_from_dict(data, root=path.parent.resolve(), source=str(path), expect=expect)

@@ -25,14 +25,19 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
 
 
+def check_key(key: str) -> None:
+    """WebDataset groups tar members by the name before the first '.', inside one directory."""
+    if "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} must not contain '.' or '/' (WebDataset splits on them)")
+
+
 def encode_sample(key: str, tokens: np.ndarray, source: str, index: int) -> dict[str, Any]:
     """The tar members of one document, as bytes, ready for ``webdataset.TarWriter(encoder=False)``.
 
     ``np.save`` output depends only on dtype, shape and data, and ``meta.json`` is written with
     sorted keys, so equal documents always give equal bytes (deterministic shards).
     """
-    if "." in key or "/" in key:
-        raise ValueError(f"sample key {key!r} must not contain '.' or '/' (WebDataset splits on them)")
+    check_key(key)
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(tokens), allow_pickle=False)
     meta = json.dumps({"source": source, "index": index}, sort_keys=True).encode("utf-8")

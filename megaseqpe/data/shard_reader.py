@@ -42,16 +42,25 @@ def iter_raw_samples(path: Path) -> Iterator[dict[str, Any]]:
 
 def iter_shard_tokens(path: Path, expected_samples: int, on_corrupt: str,
                       on_skip: Callable[[int], None]) -> Iterator[tuple[str, np.ndarray]]:
-    """``(key, tokens)`` for each good sample of the shard at ``path``.
+    """``(key, tokens)`` for each good sample of the token shard at ``path`` (see
+    :func:`iter_shard_samples`)."""
+    return iter_shard_samples(path, expected_samples, on_corrupt, on_skip, decode_tokens)
 
-    ``on_skip(n)`` is called once, after the shard, with the number of samples that were lost
-    (only in ``"skip"`` mode; ``"error"`` mode raises instead).
+
+def iter_shard_samples(path: Path, expected_samples: int, on_corrupt: str,
+                       on_skip: Callable[[int], None],
+                       decode: Callable[[dict[str, Any]], Any]) -> Iterator[tuple[str, Any]]:
+    """``(key, decode(sample))`` for each good sample of the shard at ``path``.
+
+    ``decode`` raises :class:`SampleFormatError` for a bad sample. ``on_skip(n)`` is called once,
+    after the shard, with the number of samples that were lost (only in ``"skip"`` mode;
+    ``"error"`` mode raises instead).
     """
     good = 0
     try:
         for sample in iter_raw_samples(path):
             try:
-                tokens = decode_tokens(sample)
+                tokens = decode(sample)
             except SampleFormatError as exc:
                 if on_corrupt == "error":
                     raise CorruptShardError(f"{path}: corrupt shard: {exc}") from None

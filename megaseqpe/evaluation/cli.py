@@ -1,4 +1,5 @@
-"""`megaseqpe-eval --run DIR`: perplexity at L, 2L, 4L, 8L, 16L from the run's checkpoint."""
+"""`megaseqpe-eval --run DIR`: perplexity at L, 2L, 4L, 8L, 16L from the run's checkpoint (image
+runs: top-1 accuracy at 1x, 1.5x, 2x, 3x the training resolution)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-def _lengths(text: str) -> list[int]:
+def _sizes(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -21,10 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="megaseqpe-eval",
         description="Measure perplexity at several evaluation lengths (batch 1, non-overlapping windows of "
-                    "the validation shards) and write RUN/eval/extrapolation.{json,md,png}.")
+                    "the validation shards), or for image runs top-1 accuracy at several input resolutions "
+                    "(validation images resized), and write RUN/eval/extrapolation.{json,md,png}.")
     parser.add_argument("--run", required=True, type=Path, help="run directory written by megaseqpe-train")
     parser.add_argument("--checkpoint", help="checkpoint tag (default: the run's latest)")
-    parser.add_argument("--lengths", type=_lengths, help="comma-separated lengths (default: L,2L,4L,8L,16L)")
+    parser.add_argument("--lengths", type=_sizes, help="text runs: comma-separated lengths (default: L,2L,4L,8L,16L)")
+    parser.add_argument("--resolutions", type=_sizes,
+                        help="image runs: comma-separated image sides in pixels, multiples of the patch size "
+                             "(default: 1x, 1.5x, 2x, 3x the training resolution)")
+    parser.add_argument("--max-images", type=int, help="image runs: images scored per resolution (default: all)")
     parser.add_argument("--data", help="manifest.json to evaluate on (default: the run's data.manifest)")
     parser.add_argument("--split", help="manifest split (default: the run's data.val_split)")
     parser.add_argument("--max-tokens", type=int, default=32768, help="tokens scored per length (default: 32768)")
@@ -39,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = evaluate_run(args.run, tag=args.checkpoint, lengths=args.lengths, manifest=args.data,
-                              split=args.split, max_tokens=args.max_tokens)
+                              split=args.split, max_tokens=args.max_tokens, resolutions=args.resolutions,
+                              max_images=args.max_images)
     except (ConfigError, ManifestError, CheckpointError, ValueError) as error:
         print(f"megaseqpe-eval: error: {error}", file=sys.stderr)
         return 2

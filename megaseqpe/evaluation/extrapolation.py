@@ -4,10 +4,11 @@ Batch 1, non-overlapping windows of N tokens (+1 target) from the validation sha
 `max_tokens` tokens per length. SeqPE, sinusoidal, RoPE, ALiBi and NoPE extend to the new
 length; a learned table cannot, so it is stretched by linear interpolation and the report says
 so (`method`). Writes RUN/eval/extrapolation.{json,md,png} and `eval/ppl_len_<N>` scalars.
+Image runs (`task: image_classification`) are scored by accuracy against resolution instead
+(:mod:`megaseqpe.evaluation.resolution`), in the same report layout.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional, Sequence
@@ -17,8 +18,10 @@ from tqdm import tqdm
 
 from ..config import Config, load_config
 from ..data import eval_batches
-from ..model import GPT, build_gpt
+from ..model import GPT, build_gpt, build_vit
 from .checkpoint_weights import load_weights, resolve_tag
+from .report import markdown_table, write_report
+from .resolution import evaluate_images
 
 
 def default_lengths(train_length: int) -> list[int]:
@@ -44,22 +47,32 @@ def perplexity(model: GPT, manifest: str, split: str, length: int, max_tokens: i
 
 def evaluate_run(run_dir: Path, *, tag: Optional[str] = None, lengths: Optional[Sequence[int]] = None,
                  manifest: Optional[str] = None, split: Optional[str] = None, max_tokens: int = 32768,
-                 device: Optional[torch.device] = None) -> dict:
+                 device: Optional[torch.device] = None, resolutions: Optional[Sequence[int]] = None,
+                 max_images: Optional[int] = None) -> dict:
+    """Score the run's checkpoint `tag` (default: latest) and write the report. Text runs use
+    `lengths` / `max_tokens`; image runs `resolutions` (image sides in pixels) / `max_images`."""
     config: Config = load_config(run_dir / "config.yaml")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     checkpoints = run_dir / "checkpoints"
     tag = resolve_tag(checkpoints, tag)
     state, step = load_weights(checkpoints, tag)
-    model = build_gpt(config)
+    images = config.task == "image_classification"
+    model = build_vit(config) if images else build_gpt(config)
     model.load_state_dict(state)
     model.to(device).eval()
     method = model.position.extrapolation
     if method == "interpolate":
         model.position.interpolate = True
-    train_length = config.model.max_seq_len
-    lengths = list(lengths or default_lengths(train_length))
     manifest = manifest or config.data.manifest
     split = split or config.data.val_split
+    header = {"position_type": config.position.type, "checkpoint": tag, "step": step}
+    if images:
+        result = header | evaluate_images(model, config, resolutions=resolutions and list(resolutions),
+                                          manifest=manifest, split=split, max_images=max_images, device=device)
+        write_report(run_dir, result)
+        return result
+    train_length = config.model.max_seq_len
+    lengths = list(lengths or default_lengths(train_length))
     result = {"position_type": config.position.type, "train_length": train_length, "checkpoint": tag,
               "step": step, "ppl": {}, "tokens": {}, "method": {}}
     for length in lengths:
@@ -69,47 +82,3 @@ def evaluate_run(run_dir: Path, *, tag: Optional[str] = None, lengths: Optional[
         result["method"][str(length)] = "extend" if length <= train_length else method
     write_report(run_dir, result)
     return result
-
-
-def write_report(run_dir: Path, result: dict) -> None:
-    out = run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "extrapolation.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "extrapolation.md").write_text(markdown_table(result))
-    plot(result, out / "extrapolation.png")
-    from torch.utils.tensorboard import SummaryWriter
-    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
-        for length, ppl in result["ppl"].items():
-            if ppl is not None:
-                writer.add_scalar(f"eval/ppl_len_{length}", ppl, result["step"])
-
-
-def markdown_table(result: dict) -> str:
-    train = result["train_length"]
-    lines = [f"# Extrapolation: {result['position_type']} trained at L = {train} ({result['checkpoint']})", "",
-             "| length | x L | perplexity | tokens | method |", "|---:|---:|---:|---:|---|"]
-    for length, ppl in result["ppl"].items():
-        shown = f"{ppl:.2f}" if ppl is not None else "n/a (too little validation text)"
-        lines.append(f"| {length} | {int(length) / train:g} | {shown} | {result['tokens'][length]} | "
-                     f"{result['method'][length]} |")
-    if "interpolate" in result["method"].values():
-        lines += ["", "The learned table cannot extend: beyond L it is linearly interpolated to the length."]
-    return "\n".join(lines) + "\n"
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [(int(n), p) for n, p in result["ppl"].items() if p is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if points:
-        ax.plot(*zip(*points), marker="o", label=result["position_type"])
-    ax.axvline(result["train_length"], color="grey", linestyle=":", label="training length")
-    ax.set(xscale="log", yscale="log", xlabel="evaluation length (tokens)", ylabel="perplexity",
-           title="Perplexity vs evaluation length")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

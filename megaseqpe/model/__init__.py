@@ -1,10 +1,11 @@
-"""Models that take any position module: the GPT decoder (and, later, the ViT)."""
+"""Models that take any position module: the GPT decoder and the ViT."""
 from __future__ import annotations
 
 from ..config import Config
 from ..positions import build_position_encoding
 from .attention import attention
 from .gpt import GPT, GPTOutput
+from .vit import ViT, ViTOutput
 
 
 def build_gpt(config: Config) -> GPT:
@@ -12,4 +13,9 @@ def build_gpt(config: Config) -> GPT:
     return GPT(config.model, build_position_encoding(config))
 
 
-__all__ = ["GPT", "GPTOutput", "attention", "build_gpt"]
+def build_vit(config: Config) -> ViT:
+    """A ViT with the 2-D position module that `config.position.type` names."""
+    return ViT(config.model, build_position_encoding(config))
+
+
+__all__ = ["GPT", "GPTOutput", "ViT", "ViTOutput", "attention", "build_gpt", "build_vit"]

@@ -19,10 +19,12 @@ from ..positions.base import AttentionExtras, PositionEncoding, PositionSignal, 
 from .attention import attention
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: causal for the decoder, bidirectional for the ViT."""
+
+    def __init__(self, config: ModelConfig, causal: bool = True) -> None:
         super().__init__()
-        self.n_head, self.backend = config.n_head, config.attention_backend
+        self.n_head, self.backend, self.causal = config.n_head, config.attention_backend, causal
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
         self.out = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.attention_dropout = config.attention_dropout
@@ -31,7 +33,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, extras: AttentionExtras) -> torch.Tensor:
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
-        y = attention(q, k, v, causal=True, backend=self.backend,
+        y = attention(q, k, v, causal=self.causal, backend=self.backend,
                       dropout_p=self.attention_dropout if self.training else 0.0, **extras.as_kwargs())
         return self.residual_dropout(self.out(y.transpose(1, 2).reshape(batch, length, width)))
 
@@ -48,18 +50,32 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN Transformer block."""
+    """Pre-LN Transformer block (causal attention unless `causal=False`)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, causal: bool = True) -> None:
         super().__init__()
         self.norm_attention = nn.LayerNorm(config.d_model, bias=config.bias)
-        self.attention = CausalSelfAttention(config)
+        self.attention = SelfAttention(config, causal)
         self.norm_mlp = nn.LayerNorm(config.d_model, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, extras: AttentionExtras) -> torch.Tensor:
         x = x + self.attention(self.norm_attention(x), extras)
         return x + self.mlp(self.norm_mlp(x))
+
+
+def init_trunk(model: nn.Module, blocks: Sequence[Block]) -> None:
+    """GPT-2's initialisation of a trunk (shared by the GPT and the ViT): normal(0, 0.02) weights,
+    zero biases, and residual projections scaled down with depth so the residual stream stays O(1).
+    Call it before attaching the position module, which keeps its own initialisation."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    for block in blocks:
+        for projection in (block.attention.out, block.mlp.down):
+            nn.init.normal_(projection.weight, mean=0.0, std=0.02 / math.sqrt(2 * len(blocks)))
 
 
 @dataclass
@@ -80,20 +96,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
-        self._init_trunk(config)
+        init_trunk(self, self.blocks)
         # Attached after the trunk's init: the position module keeps its own initialisation.
         self.position = position
-
-    def _init_trunk(self, config: ModelConfig) -> None:
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-        # GPT-2: residual projections scaled down with depth so the residual stream stays O(1).
-        for block in self.blocks:
-            for projection in (block.attention.out, block.mlp.down):
-                nn.init.normal_(projection.weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def forward(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
                 targets: Optional[torch.Tensor] = None,

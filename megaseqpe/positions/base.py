@@ -29,6 +29,22 @@ class AttentionExtras:
     rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     alibi_slopes: Optional[torch.Tensor] = None
 
+    def with_unpositioned_prefix(self, count: int) -> "AttentionExtras":
+        """The same extras for `count` extra leading tokens that have no position (a ViT's CLS).
+
+        Such a token gets zero SeqPE q/k extras (no position term in its logits) and the
+        identity rotation, so it interacts with every patch by content alone.
+        """
+        def pad(tensor: Optional[torch.Tensor], value: float) -> Optional[torch.Tensor]:
+            if tensor is None:
+                return None
+            prefix = tensor.new_full((tensor.shape[0], count, *tensor.shape[2:]), value)
+            return torch.cat([prefix, tensor], dim=1)
+
+        rotary = None if self.rotary is None else (pad(self.rotary[0], 1.0), pad(self.rotary[1], 0.0))
+        return AttentionExtras(pe_q=pad(self.pe_q, 0.0), pe_k=pad(self.pe_k, 0.0), pe_scale=self.pe_scale,
+                               rotary=rotary, alibi_slopes=self.alibi_slopes)
+
     def as_kwargs(self) -> dict:
         return {"pe_q": self.pe_q, "pe_k": self.pe_k, "pe_scale": self.pe_scale,
                 "rotary": self.rotary, "alibi_slopes": self.alibi_slopes}
@@ -80,6 +96,12 @@ class PositionEncoding(nn.Module):
             raise ValueError(f"positions must be [batch, seq, {self.n_dims}], got {tuple(positions.shape)}")
         if bool((positions < 0).any()):
             raise ValueError("positions must be non-negative")
+
+
+def grid_positions(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """Positions `[1, rows * cols, 2]`: the (row, col) of each patch in row-major order."""
+    grid = torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij")
+    return torch.stack(grid, dim=-1).view(1, rows * cols, 2)
 
 
 def default_positions(seq_len: int, device: torch.device, n_dims: int = 1) -> torch.Tensor:

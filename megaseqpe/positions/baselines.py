@@ -1,6 +1,6 @@
 """The baselines of SEQPE.md §9, behind the same interface as SeqPE.
 
-Learned absolute (a GPT-2 table), sinusoidal, RoPE, ALiBi and NoPE. Sinusoidal and RoPE take
+Learned absolute (a GPT-2 table; for images a 2-D grid table), sinusoidal, RoPE, ALiBi and NoPE. Sinusoidal and RoPE take
 n-D positions by giving each dimension its own share of the channels (axial).
 """
 from __future__ import annotations
@@ -47,6 +47,39 @@ class LearnedAbsolute(PositionEncoding):
             # Position p of a length-`needed` sequence reads row p * (rows-1) / (needed-1).
             weight = F.interpolate(weight.t()[None], size=needed, mode="linear", align_corners=True)[0].t()
         return PositionSignal(input_embedding=F.embedding(positions[..., 0], weight))
+
+
+class LearnedGrid2D(PositionEncoding):
+    """A learned `grid x grid` table of patch position vectors (ViT), added to the patch embeddings.
+
+    A larger grid (higher resolution) is reached as timm does: the table, seen as a
+    `d_model`-channel image, is resized bicubically to the grid the positions need. Like the
+    1-D table this happens only when `interpolate = True` (evaluation); otherwise a position
+    outside the table is an error.
+    """
+
+    extrapolation = "interpolate"
+
+    def __init__(self, grid: int, d_model: int) -> None:
+        super().__init__(n_dims=2)
+        self.grid = grid
+        # An Embedding (row-major cells), so the optimizer treats it like every position table: no decay.
+        self.table = nn.Embedding(grid * grid, d_model)
+        nn.init.normal_(self.table.weight, std=0.02)
+        self.interpolate = False
+
+    def signal(self, positions: torch.Tensor) -> PositionSignal:
+        rows, cols = (int(n) + 1 for n in positions.reshape(-1, 2).amax(0))
+        grid = self.grid
+        table = self.table.weight.view(grid, grid, -1)
+        if rows > grid or cols > grid:
+            if not self.interpolate:
+                raise ValueError(f"patch position ({rows - 1}, {cols - 1}) is beyond the learned "
+                                 f"{grid}x{grid} table; larger grids need interpolation")
+            # timm's resample_abs_pos_embed: bicubic over the table as a [1, d, grid, grid] image.
+            table = F.interpolate(table.permute(2, 0, 1)[None], size=(max(rows, grid), max(cols, grid)),
+                                  mode="bicubic", align_corners=False, antialias=True)[0].permute(1, 2, 0)
+        return PositionSignal(input_embedding=table[positions[..., 0], positions[..., 1]])
 
 
 def _inverse_frequencies(channels: int, base: float, device: torch.device) -> torch.Tensor:

@@ -11,14 +11,13 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from ..config import Config, ConfigError, save_config
-from ..data import build_train_loader, eval_batches, load_manifest
-from ..model import build_gpt
+from ..config import Config, save_config
 from .checkpoint import Checkpointer, rng_state, set_rng_state
 from .engine import build_engine, init_distributed
 from .flops import FlopCounter, peak_flops
 from .metrics import MetricsLogger
 from .step_positions import StepPositions
+from .tasks import build_task
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: checkpointed on a signal; requeue and run the same command
 
@@ -68,13 +67,11 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
-        vocab = load_manifest(config.data.manifest).tokenizer.vocab_size
-        if vocab > config.model.vocab_size:
-            raise ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
-                              f"vocabulary of {vocab} ({config.data.manifest})")
+        self.task = build_task(config)
+        self.task.check_data()
         torch.manual_seed(config.train.seed)  # identical initial weights on every rank
-        model = build_gpt(config)
-        self.flops = FlopCounter(model, config.model.n_layer, config.model.d_model, config.model.max_seq_len)
+        model = self.task.build_model()
+        self.flops = FlopCounter(model, config.model.n_layer, config.model.d_model, self.task.sequence_length)
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.rank, self.world_size,
                                          config.train.keep_last)
         resume = self.checkpointer.find_resume_point()
@@ -91,29 +88,23 @@ class Trainer:
         # After a world-size change the old per-rank stream positions mean nothing: start a new
         # stream, seeded by the step so that it does not replay the data from its beginning.
         data_seed = config.train.seed if rank_state is not None or resume is None else config.train.seed + self.step
-        self.loader = build_train_loader(
-            config.data.manifest, max_seq_len=config.model.max_seq_len,
-            micro_batch_size=config.data.micro_batch_size, seed=data_seed, rank=self.rank,
-            world_size=self.world_size, num_workers=config.data.num_workers,
-            shuffle_buffer=config.data.shuffle_buffer, on_corrupt=config.data.on_corrupt)
+        self.loader = self.task.build_loader(data_seed, self.rank, self.world_size)
         self.saved_rng = None
         if rank_state is not None:
             self.loader.load_state_dict(rank_state["data"])
             self.saved_rng = rank_state["rng"]
-        self.planner = StepPositions(config)
+        self.planner = StepPositions(config, self.task.position_extents)
         self.logger = MetricsLogger(self.run_dir, enabled=self.rank == 0, start_step=self.step,
                                     max_steps=config.train.max_steps)
         if resume is not None:
             self.logger.write(f"resumed from {resume.tag} (step {self.step})")
 
     # ------------------------------------------------------------------ one micro-batch
-    def forward(self, batch: torch.Tensor):
+    def forward(self, batch):
         """One micro-batch: every position of the step (main, shifted or not, and the objectives')
         through one encoder pass. Returns (loss, logged parts, plan, model output)."""
         plan = self.planner.plan(self.micro_step, self.rank, self.device)
-        out = self.engine(batch[:, :-1], positions=plan.positions, targets=batch[:, 1:],
-                          extra_positions=plan.extra_positions)
-        parts = {"train/lm_loss": out.loss}
+        out, parts = self.task.forward(self.engine, batch, plan)
         loss = out.loss
         if plan.objectives is not None:
             aux = self.planner.objectives.losses(plan.objectives, out.position_signal.extra_embeddings)
@@ -131,34 +122,30 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         config = self.config
         batches = []
-        for batch in eval_batches(config.data.manifest, config.data.val_split, max_seq_len=config.model.max_seq_len,
-                                  batch_size=config.data.micro_batch_size, rank=self.rank,
-                                  world_size=self.world_size, on_corrupt=config.data.on_corrupt):
+        for batch in self.task.eval_batches(self.rank, self.world_size):
             batches.append(batch)
             if len(batches) == config.train.eval_batches:
                 break
         # Every rank runs the same number of forwards (ZeRO-3 gathers parameters collectively).
         count = torch.tensor([len(batches)], device=self.device)
         dist.all_reduce(count, op=dist.ReduceOp.MIN)
-        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
+        totals = None
         self.engine.eval()
         with torch.no_grad():
             for batch in batches[: int(count.item())]:
-                batch = batch.to(self.device)
-                out = self.engine(batch[:, :-1], targets=batch[:, 1:])
-                totals += torch.tensor([out.loss.item() * batch[:, 1:].numel(), batch[:, 1:].numel()],
-                                       dtype=torch.float64, device=self.device)
+                batch_totals = self.task.eval_totals(self.engine, self.task.to_device(batch, self.device))
+                totals = batch_totals if totals is None else totals + batch_totals
         self.engine.train()
-        dist.all_reduce(totals)
-        if totals[1] == 0:
+        if totals is None:  # every rank agrees (count is the minimum): nothing to reduce
             return {}
-        loss = float(totals[0] / totals[1])
-        return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+        totals = totals.to(self.device)
+        dist.all_reduce(totals)
+        return self.task.val_metrics(totals) if totals[1] > 0 else {}
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> int:
         config, stop = self.config, StopRequest()
-        tokens_per_micro = config.data.micro_batch_size * config.model.max_seq_len * self.world_size
+        tokens_per_micro = config.data.micro_batch_size * self.task.sequence_length * self.world_size
         peak = peak_flops(self.device)
         window, window_start, consecutive_bad = [], time.perf_counter(), 0
         # Starting the DataLoader draws its base seed from the global RNG: only then set the
@@ -175,7 +162,7 @@ class Trainer:
                     self._checkpoint()
                     self.logger.write(f"stop requested: checkpointed at step {self.step}, exiting {REQUEUE_EXIT_CODE}")
                     return REQUEUE_EXIT_CODE
-                batch = next(data).to(self.device)
+                batch = self.task.to_device(next(data), self.device)
                 loss, parts, _, _ = self.forward(batch)
                 self.micro_step += 1
                 if not _all_ranks_true(bool(torch.isfinite(loss)), self.device):

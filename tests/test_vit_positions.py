@@ -1,0 +1,108 @@
+"""2-D positions for the ViT: (row, col) digits, one de-duplicated encoder pass, the 2-D step plan,
+the learned grid table's bicubic growth, and the CLS token's position-free slot."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from megaseqpe.config import ConfigError, load_config
+from megaseqpe.model import build_vit
+from megaseqpe.positions import AttentionExtras, grid_positions, to_digits
+from megaseqpe.training.step_positions import StepPositions
+
+IMAGE = ["task=image_classification", "position.n_dims=2", "position.max_position=32",
+         "position.dist_sample_range=8", "position.contrastive_num=8", "position.contrastive_batch_size=4",
+         "position.transfer_num=8", "position.transfer_batch_size=2", "model.d_model=32", "model.n_layer=2"]
+
+
+def vit_config(*overrides: str):
+    return load_config(None, [*IMAGE, *overrides])
+
+
+def test_patch_coordinates_become_concatenated_row_and_column_digits():
+    grid = grid_positions(3, 12, torch.device("cpu"))
+    assert grid.shape == (1, 36, 2) and grid[0, 13].tolist() == [1, 1]
+    digits, mask = to_digits(torch.tensor([[2, 13]]), max_digits=2)
+    assert digits.tolist() == [[0, 2, 1, 3]] and mask.tolist() == [[0, 1, 1, 1]]
+
+
+def test_one_encoder_pass_encodes_each_distinct_coordinate_pair_once():
+    model = build_vit(vit_config("position.type=seqpe", "position.use=input_add"))
+    encoder = model.position.encoder
+    calls = []
+    encoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    positions = grid_positions(4, 4, torch.device("cpu"))
+    pivots = torch.tensor([[0, 0], [20, 31]])  # (0, 0) is also a patch of the grid
+    out = model(torch.rand(2, 1, 16, 16), positions=positions, extra_positions=[pivots, positions[0]])
+    assert calls == [17] and out.position_signal.unique_positions == 17
+    extra = out.position_signal.extra_embeddings
+    assert torch.equal(extra[0][0], out.position_signal.input_embedding[0, 0])
+    assert torch.equal(extra[1], out.position_signal.input_embedding[0])
+
+
+def test_the_2d_step_plan_shifts_the_whole_grid_and_distils_grid_to_shifted_grid():
+    config = vit_config("position.type=seqpe", "position.random_shift_rate=1.0", "data.micro_batch_size=4",
+                        "position.main_batch_size=2")
+    planner = StepPositions(config, (4, 4))
+    plan = planner.plan(step=0, rank=0, device=torch.device("cpu"))
+    assert plan.shifted and plan.positions.shape == (4, 16, 2)
+    for row in plan.positions:  # each row is the 4x4 grid moved by one (row, col) offset
+        assert torch.equal(row - row[0], grid_positions(4, 4, torch.device("cpu"))[0])
+    plan = StepPositions(vit_config("position.type=seqpe", "position.random_shift_rate=0.0"), (4, 4)).plan(
+        0, 0, torch.device("cpu"))
+    teacher, student = plan.objectives.distillation.positions
+    assert int(teacher.max()) < 4 and bool((student - teacher >= 4).all())  # unseen coordinates
+    pivots, candidates = plan.objectives.contrastive.positions
+    assert pivots.shape[-1] == 2 and candidates.shape[-1] == 2
+
+
+def test_text_step_plans_are_unchanged_by_the_nd_generalisation():
+    config = load_config(None, ["position.random_shift_rate=0.5", "data.micro_batch_size=4",
+                                "position.main_batch_size=2", "model.max_seq_len=32", "position.max_position=1024"])
+    plans = [StepPositions(config).plan(step, 0, torch.device("cpu")) for step in range(6)]
+    assert any(p.shifted for p in plans) and not all(p.shifted for p in plans)
+    for plan in plans:
+        width = plan.positions.shape[0]
+        assert plan.positions.shape[1:] == (32, 1) and width in (1, 4)
+        assert torch.equal(plan.positions[..., 0] - plan.positions[:, :1, 0], torch.arange(32).expand(width, -1))
+
+
+def test_learned_grid_table_grows_bicubically_only_when_asked():
+    model = build_vit(vit_config("position.type=learned")).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 16, 16)).logits.shape == (1, 10)
+        with pytest.raises(ValueError, match=r"patch position \(5, 5\) is beyond the learned 4x4 table"):
+            model(torch.rand(1, 1, 24, 24))
+        model.position.interpolate = True
+        assert model(torch.rand(1, 1, 48, 48)).logits.shape == (1, 10)
+        table = model.position.table.weight.view(4, 4, -1)
+        grown = model.position(grid_positions(8, 8, torch.device("cpu"))).input_embedding.view(8, 8, -1)
+        assert not torch.allclose(grown[0, 0], grown[0, 1]) and grown.abs().max() < 3 * table.abs().max()
+
+
+def test_the_cls_token_gets_no_attention_position_term():
+    pe = torch.randn(1, 5, 2, 3)
+    cos, sin = torch.randn(1, 5, 4), torch.randn(1, 5, 4)
+    padded = AttentionExtras(pe_q=pe, pe_k=pe, rotary=(cos, sin)).with_unpositioned_prefix(1)
+    assert padded.pe_q.shape == (1, 6, 2, 3) and not padded.pe_q[:, 0].any() and torch.equal(padded.pe_k[:, 1:], pe)
+    assert bool((padded.rotary[0][:, 0] == 1).all()) and not padded.rotary[1][:, 0].any()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["position.n_dims=1", "position.dist_sample_range=32"], "position.n_dims: image_classification positions are (row, col)"),
+    (["position.type=alibi"], "position.type: alibi is 1-D only"),
+    (["model.image_size=18"], "model.image_size: 18 is not a multiple of model.patch_size=4"),
+    (["task=images"], "task: 'images' is not one of language_modeling, image_classification"),
+])
+def test_image_config_mistakes_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        vit_config(*overrides)
+
+
+def test_the_vit_never_branches_on_the_position_type_name():
+    import megaseqpe.model.vit as vit
+    source = inspect.getsource(vit).lower()
+    for name in ("seqpe", "learned", "sinusoidal", "rope", "alibi", "nope"):
+        assert f'"{name}"' not in source
