@@ -72,7 +72,7 @@ class Variant:
         if self.evaluating:
             self.model.eval()
             if kind == "learned":
-                self.model.position.interpolate = True  # the table must stretch to N
+                self.model.position.enable_extrapolation()  # the table must stretch to N
 
     def run(self) -> None:
         if self.evaluating:
@@ -80,18 +80,16 @@ class Variant:
                 self.model(self.tokens[:, :-1])
             return
         self.step += 1
-        extra, sample = (), None
+        sample = None
         if self.objectives is not None:
             sample = self.objectives.sample((self.seq_len,), np.random.default_rng(self.step),
                                             np.random.default_rng([7, self.step]))
-            extra = sample.positions
         out = self.model(self.tokens[:, :-1], positions=self.positions, targets=self.tokens[:, 1:],
-                         extra_positions=extra)
-        loss = out.loss
-        if sample is not None:
-            loss = loss + self.objectives.weighted(self.objectives.losses(sample, out.position_signal.extra_embeddings))
-            self.encoded.append(out.position_signal.unique_positions if self.name == "seqpe"
-                                else sum(p[..., 0].numel() for p in (self.positions, *extra)))
+                         objectives=sample)
+        signal = out.position_signal
+        loss = out.loss + sum(signal.aux_losses.values())
+        if "unique_positions" in signal.stats:  # the naive variant's "unique" rows are every occurrence
+            self.encoded.append(signal.stats["unique_positions"])
         loss.backward()
         self.model.zero_grad(set_to_none=True)
 

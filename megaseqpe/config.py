@@ -1,7 +1,9 @@
 """Typed configuration: dataclasses that validate themselves.
 
-Every knob of the model and of the position scheme lives here, under the names of
-ARCHITECTURE.md (SeqPE knobs keep the reference names without the `seqpe_`/`pe_` prefix).
+Every knob of the model and of the position scheme lives here; docs/config.md is generated from
+the attribute docstrings below (`make docs`). SeqPE knobs keep the reference names without the
+`seqpe_`/`pe_` prefix, except distillation: the reference's `transfer_*` are `distill_*` here
+(the old names are accepted aliases, see ALIASES).
 Validation happens at construction, so a bad value fails at start-up with a message that
 names the key, not deep inside a training step.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +19,25 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
-POSITION_TYPES = ("seqpe", "learned", "sinusoidal", "rope", "alibi", "nope")
-TASKS = ("language_modeling", "image_classification")
-ATTENTION_BACKENDS = ("auto", "flash", "sdpa", "eager")
+# Keys whose choices are the names of a registry. The registries live with the code they select
+# (and import this module), so they are looked up when a config is validated, not at import time.
+_REGISTRIES = {
+    "task": ("megaseqpe.tasks", "TASKS"),
+    "position.type": ("megaseqpe.positions.registry", "POSITION_TYPES"),
+    "model.attention_backend": ("megaseqpe.model.attention", "BACKENDS"),
+    "data.on_corrupt": ("megaseqpe.data.shard_reader", "ON_CORRUPT"),
+}
+
+# Old key names still accepted in YAML and overrides. The reference code (and our first configs)
+# call distillation "transfer"; the code, the TensorBoard tags and the docs say "distill".
+ALIASES = {
+    "position.transfer_weight": "position.distill_weight",
+    "position.transfer_batch_size": "position.distill_batch_size",
+    "position.transfer_num": "position.distill_num",
+    "position.transfer_per_head": "position.distill_per_head",
+    "position.transfer_loss": "position.distill_loss",
+    "position.transfer_beta": "position.distill_beta",
+}
 
 
 class ConfigError(ValueError):
@@ -34,25 +53,45 @@ def _choice(value: str, key: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
 
 
+def registered(key: str) -> tuple[str, ...]:
+    """The names the registry behind `key` (e.g. "position.type") accepts."""
+    module, attribute = _REGISTRIES[key]
+    return tuple(getattr(importlib.import_module(module), attribute))
+
+
 @dataclass
 class ModelConfig:
     """A GPT-2 style decoder (ViT shares the trunk knobs)."""
 
     n_layer: int = 4
+    """Transformer blocks in the trunk (the GPT decoder or the ViT encoder)."""
     n_head: int = 4
+    """Attention heads per block; must divide d_model."""
     d_model: int = 256
+    """Width of the trunk: token/patch embeddings and residual stream."""
     vocab_size: int = 8000
-    max_seq_len: int = 512  # the training length L
+    """Rows of the token embedding and LM head; at least the tokenizer's vocabulary (checked at start-up)."""
+    max_seq_len: int = 512
+    """The training length L in tokens: rows are cut to L, positions are 0..L-1, the learned table has L rows."""
     dropout: float = 0.0
+    """Dropout on the trunk's input embeddings and residual branches (attention output, MLP), in [0, 1)."""
     attention_dropout: float = 0.0
+    """Dropout on the trunk's attention weights, in [0, 1)."""
     attention_backend: str = "auto"
+    """Attention kernel: auto = flash when it can run (flash-attn, CUDA, fp16/bf16), else sdpa; eager = explicit."""
     bias: bool = True
+    """Biases in the trunk's Linear and LayerNorm layers (and the ViT's patch embedding and head)."""
     tie_embeddings: bool = True
+    """The GPT's LM head shares its weight with the token embedding."""
     # --- the ViT (task: image_classification); the text model ignores them ---
-    image_size: int = 16  # training resolution (square images, pixels)
+    image_size: int = 16
+    """ViT: training resolution in pixels (square); images are resized to it; a multiple of patch_size."""
     patch_size: int = 4
+    """ViT: side of a square patch in pixels; the position grid is image_size / patch_size per side."""
     channels: int = 1
+    """ViT: image channels (1 grey, 3 RGB); must match the image shards."""
     num_classes: int = 10
+    """ViT: outputs of the classification head; at least the shards' number of classes."""
 
     def __post_init__(self) -> None:
         for key in ("n_layer", "n_head", "d_model", "vocab_size", "max_seq_len", "image_size", "patch_size",
@@ -60,7 +99,7 @@ class ModelConfig:
             _check(getattr(self, key) > 0, f"model.{key}", "must be positive")
         _check(self.d_model % self.n_head == 0, "model.d_model",
                f"{self.d_model} is not divisible by model.n_head={self.n_head}")
-        _choice(self.attention_backend, "model.attention_backend", ATTENTION_BACKENDS)
+        _choice(self.attention_backend, "model.attention_backend", registered("model.attention_backend"))
         for key in ("dropout", "attention_dropout"):
             _check(0.0 <= getattr(self, key) < 1.0, f"model.{key}", "must be in [0, 1)")
 
@@ -76,63 +115,95 @@ class ModelConfig:
 
 @dataclass
 class PositionConfig:
-    """The position scheme (`type`) and every SeqPE knob of SEQPE.md."""
+    """The position scheme (`type`) and every SeqPE knob (docs/method.md)."""
 
     type: str = "seqpe"
+    """The position scheme: SeqPE or a baseline (alibi is 1-D only; learned is a grid table in 2-D)."""
     n_dims: int = 1
-    # --- SeqPE representation (SEQPE.md §1-2) ---
-    max_position: int = 20000  # pe_max_position: positions 0 .. max_position-1 are encodable
+    """Coordinates per position: 1 for text (token index), 2 for images ((row, col) of a patch)."""
+    # --- SeqPE representation (docs/method.md §1.1-1.2) ---
+    max_position: int = 20000
+    """pe_max_position: digits per coordinate are those of max_position-1; shifts and objectives sample below it."""
     base: int = 10
-    d_pe: Optional[int] = None  # encoder width; None = the model's width
+    """Number base of the digit tokens (>= 2), also the size of the encoder's digit vocabulary."""
+    d_pe: Optional[int] = None
+    """Width of the SeqPE encoder (reference pe_dim); None = model.d_model. Its output is model.d_model wide."""
     encoder_layers: int = 2
-    encoder_heads: Optional[int] = None  # None = the model's heads
-    attn_direction: str = "causal"  # causal | bi
+    """Transformer layers of the SeqPE encoder."""
+    encoder_heads: Optional[int] = None
+    """Attention heads of the SeqPE encoder; None = model.n_head. Must divide the encoder's width."""
+    attn_direction: str = "causal"
+    """Attention over a position's digits in the encoder: causal (each digit sees those before it) or bi."""
     mask_padding: bool = False
-    # None: on for attn_scalar (the reference text runs); off for input_add, whose output is added
-    # to token embeddings of std 0.02 that a unit-scale LayerNorm output would drown.
+    """Hide the left-padding 0 digits from the encoder's attention (each token still sees itself)."""
+    # The None default follows the reference text runs for attn_scalar; input_add's output is added to token
+    # embeddings of std 0.02 that a unit-scale LayerNorm output would drown.
     final_layernorm: Optional[bool] = None
+    """LayerNorm on the encoder's output before its projection; None = on for attn_scalar, off for input_add."""
     temperature: float = 1.0
-    encoder_dropout: float = 0.1  # residual/MLP dropout inside the encoder
+    """The encoder's output is divided by it (> 0)."""
+    encoder_dropout: float = 0.1
+    """Dropout inside the SeqPE encoder: on its summed input embeddings and its residual/MLP branches."""
     encoder_attention_dropout: float = 0.0
+    """Dropout on the SeqPE encoder's attention weights."""
     # --- how the model uses it (§4) ---
-    use: str = "attn_scalar"  # input_add | attn_scalar
-    attn_scalar_proj: str = "single"  # single | multi (one projection per layer)
+    use: str = "attn_scalar"
+    """input_add: added to the token/patch embeddings; attn_scalar: s * pe_q.pe_k added to every attention logit."""
+    attn_scalar_proj: str = "single"
+    """attn_scalar only: single = one pe_q/pe_k projection shared by all layers; multi = one per layer."""
     scalar_scale: float = 1.0
+    """attn_scalar only: s in logit(i, j) += s * pe_q[i].pe_k[j] (reference seqpe_scalar_scale)."""
     # --- training-time shifts (§5) ---
     random_shift_rate: float = 0.1
+    """pe_random_shift_rate: chance that a micro-batch uses shifted windows, not [0, L); in [0, 1], SeqPE only."""
     random_shift_downsample: int = 320
+    """pe_random_shift_downsample: window starts that shifts draw from (a fixed random subset, same on all ranks)."""
     main_batch_size: int = 1
+    """pe_main_batch_size: distinct windows per shifted micro-batch; must divide data.micro_batch_size."""
     # --- contrastive objective (§6) ---
     contrastive_weight: float = 0.1
+    """Weight of the contrastive loss in the total loss (reference seqpe_contrastive_weight); 0 = off."""
     contrastive_batch_size: int = 32
+    """Pivot positions per micro-batch and rank (reference seqpe_contrastive_batch_size)."""
     contrastive_num: int = 32
+    """Candidates per pivot (reference seqpe_contrastive_num); the label is the candidate nearest the pivot."""
     dist_sample_range: int = 256
+    """Side of the window around the pivot that window-mode candidates come from, capped at max_position."""
     contrastive_logit_scale: float = 1.0
+    """Factor on the pivot-candidate dot products before the contrastive cross-entropy."""
     contrastive_per_head: bool = False
+    """Contrast per head (embedding split into model.n_head parts) instead of on the whole vector."""
     # --- distillation objective (§7) ---
-    transfer_weight: float = 0.1
-    transfer_batch_size: int = 8
-    transfer_num: int = 32
-    transfer_per_head: bool = False
-    transfer_loss: str = "kl"  # kl | mse
-    transfer_beta: float = 1.0
+    distill_weight: float = 0.1
+    """Weight of the distillation loss (reference seqpe_transfer_weight); 0 = off."""
+    distill_batch_size: int = 8
+    """Distillation examples (slot set + student offset) per unshifted micro-batch (seqpe_transfer_batch_size)."""
+    distill_num: int = 32
+    """Positions per example, m of the m x m similarity matrices (reference seqpe_transfer_num); >= 2."""
+    distill_per_head: bool = False
+    """Compare similarity matrices per head (embedding split into model.n_head parts), not whole vectors."""
+    distill_loss: str = "kl"
+    """kl = KL both ways between row-wise softmaxes of the similarity matrices; mse = MSE between the matrices."""
+    distill_beta: float = 1.0
+    """kl only: weight of KL(teacher || student); KL(student || teacher) has weight 1."""
     # --- baselines (§9) ---
     rope_base: float = 10000.0
+    """Frequency base of RoPE (position.type rope)."""
 
     def __post_init__(self) -> None:
-        _choice(self.type, "position.type", POSITION_TYPES)
+        _choice(self.type, "position.type", registered("position.type"))
         _choice(self.attn_direction, "position.attn_direction", ("causal", "bi"))
         _choice(self.use, "position.use", ("input_add", "attn_scalar"))
         _choice(self.attn_scalar_proj, "position.attn_scalar_proj", ("single", "multi"))
-        _choice(self.transfer_loss, "position.transfer_loss", ("kl", "mse"))
+        _choice(self.distill_loss, "position.distill_loss", ("kl", "mse"))
         if self.final_layernorm is None:
             self.final_layernorm = self.use == "attn_scalar"
         for key in ("n_dims", "max_position", "encoder_layers", "contrastive_batch_size",
-                    "contrastive_num", "dist_sample_range", "transfer_batch_size",
+                    "contrastive_num", "dist_sample_range", "distill_batch_size",
                     "random_shift_downsample", "main_batch_size"):
             _check(getattr(self, key) > 0, f"position.{key}", "must be positive")
         _check(self.base >= 2, "position.base", "must be at least 2")
-        _check(self.transfer_num >= 2, "position.transfer_num", "needs at least 2 slots")
+        _check(self.distill_num >= 2, "position.distill_num", "needs at least 2 slots")
         _check(self.temperature > 0, "position.temperature", "must be positive")
         _check(0.0 <= self.random_shift_rate <= 1.0, "position.random_shift_rate", "must be in [0, 1]")
         # The sampler needs enough positions besides the pivot and the nearest one's mirror image.
@@ -146,38 +217,61 @@ class PositionConfig:
 
 @dataclass
 class DataConfig:
-    manifest: str = ""  # manifest.json (or its directory) from `megaseqpe-prep shards`
+    manifest: str = ""
+    """manifest.json (or its directory) from `megaseqpe-prep shards` or `images`; megaseqpe-train needs it."""
     micro_batch_size: int = 8
+    """Rows (sequences or images) per micro-batch and rank; also the validation batch size."""
     num_workers: int = 1
+    """DataLoader worker processes per rank (0 = read in the main process)."""
     shuffle_buffer: int = 1000
-    on_corrupt: str = "error"  # error | skip
+    """Samples held in each reader's shuffle buffer (1 = no sample shuffling)."""
+    on_corrupt: str = "error"
+    """A corrupt shard: error = stop, naming the shard; skip = drop its unreadable samples, count them, go on."""
     val_split: str = "val"
+    """Manifest split for validation during training, and megaseqpe-eval's default split."""
 
     def __post_init__(self) -> None:
         _check(self.micro_batch_size > 0, "data.micro_batch_size", "must be positive")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
-        _choice(self.on_corrupt, "data.on_corrupt", ("error", "skip"))
+        _choice(self.on_corrupt, "data.on_corrupt", registered("data.on_corrupt"))
 
 
 @dataclass
 class TrainConfig:
     max_steps: int = 1000
+    """Optimizer steps to train (each of grad_accum_steps micro-batches)."""
     lr: float = 6e-4
-    min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
+    """Peak AdamW learning rate, reached at the end of the warmup."""
+    min_lr_ratio: float = 0.1
+    """The decay ends at lr * min_lr_ratio at max_steps; in [0, 1]."""
     warmup_steps: int = 100
-    decay: str = "cosine"  # cosine | linear
+    """Steps of linear warmup up to lr; 0 = none."""
+    decay: str = "cosine"
+    """Shape of the decay from lr after the warmup: cosine or linear."""
     weight_decay: float = 0.1
+    """AdamW weight decay on Linear weight matrices; norms, biases and embeddings (SeqPE's too) get none."""
     betas: tuple = (0.9, 0.95)
+    """AdamW (beta1, beta2); in YAML a list of two numbers."""
     grad_clip: float = 1.0
+    """Gradient-norm clipping threshold (DeepSpeed gradient_clipping); 0 = no clipping."""
     grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
     seed: int = 1234
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    """Seeds the initial weights, the data order, dropout, the position shifts and the objectives' samples."""
+    precision: str = "fp32"
+    """fp32, or DeepSpeed mixed precision: bf16, or fp16 with dynamic loss scaling."""
     log_every: int = 10
+    """Steps between logged metrics (averages since the last log; TensorBoard and metrics.jsonl)."""
     eval_every: int = 200
+    """Steps between validation passes (one also runs at max_steps)."""
     eval_batches: int = 20
+    """Validation batches per rank in each validation pass, at most."""
     save_every: int = 500
+    """Steps between checkpoints (one is also saved at max_steps and on SIGTERM/SIGUSR1)."""
     keep_last: int = 2
-    max_bad_steps: int = 5  # consecutive non-finite steps before the run aborts
+    """Complete checkpoints kept under RUN/checkpoints; older ones are deleted."""
+    max_bad_steps: int = 5
+    """Consecutive micro-batches with a non-finite loss (each skipped) before the run aborts."""
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "grad_accum_steps", "log_every", "eval_every", "save_every",
@@ -195,7 +289,9 @@ class TrainConfig:
 @dataclass
 class DeepSpeedConfig:
     zero_stage: int = 2
-    config: str = ""  # a DeepSpeed JSON whose entries override the ones built from this config
+    """DeepSpeed ZeRO stage: 0, 1, 2 or 3."""
+    config: str = ""
+    """A DeepSpeed JSON whose entries override those built from this config ("" = none); batch sizes excepted."""
 
     def __post_init__(self) -> None:
         _check(self.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", f"{self.zero_stage} is not 0, 1, 2 or 3")
@@ -204,6 +300,7 @@ class DeepSpeedConfig:
 @dataclass
 class RunConfig:
     dir: str = "runs/default"
+    """Run directory: config.yaml, checkpoints/, metrics.jsonl, tensorboard/, eval/; a rerun resumes from it."""
 
 
 @dataclass
@@ -215,15 +312,22 @@ class Config:
     """
 
     task: str = "language_modeling"
+    """What is trained: language_modeling = a GPT on token shards; image_classification = a ViT on image shards."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The trunk: a GPT-2 style decoder, or for image_classification a ViT that shares its knobs."""
     position: PositionConfig = field(default_factory=PositionConfig)
+    """The position scheme and every SeqPE knob (representation, use, shifts, objectives)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The sharded input pipeline: which manifest, batch size, workers, shuffling, corrupt shards."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation (AdamW, warmup then decay), precision, and how often to log, validate and save."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    """DeepSpeed ZeRO stage and an optional JSON of extra DeepSpeed settings."""
     run: RunConfig = field(default_factory=RunConfig)
+    """Where the run writes its outputs."""
 
     def __post_init__(self) -> None:
-        _choice(self.task, "task", TASKS)
+        _choice(self.task, "task", registered("task"))
         if self.task == "image_classification":
             self._check_image_task()
         elif self.position.type == "seqpe" and self.position.n_dims == 1:
@@ -279,6 +383,23 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
+def _canonical(section: str, key: str) -> str:
+    """The current name of `section.key` (itself, unless it is an old name in ALIASES)."""
+    return ALIASES.get(f"{section}.{key}", f"{section}.{key}").split(".", 1)[1]
+
+
+def _resolve_aliases(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` with old key names (ALIASES) renamed; giving both names of one key is an error."""
+    resolved, given_as = {}, {}
+    for key, value in values.items():
+        name = _canonical(section, key)
+        if name in resolved:
+            raise ConfigError(f"{section}.{name}: set twice, as {section}.{given_as[name]} and {section}.{key} "
+                              "(one is an old name of the other)")
+        resolved[name], given_as[name] = value, key
+    return resolved
+
+
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
     """Build a validated Config; unknown sections/keys and wrong types fail naming the key."""
     if not isinstance(data, Mapping):
@@ -296,7 +417,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
             raise ConfigError(f"{section}: expected a mapping of keys, got {type(values).__name__}")
         field_hints = typing.get_type_hints(cls)
         kwargs = {}
-        for key, value in values.items():
+        for key, value in _resolve_aliases(section, values).items():
             if key not in field_hints:
                 raise ConfigError(f"{source}: unknown key {section}.{key}{_suggest(key, field_hints)}")
             kwargs[key] = _coerce(value, field_hints[key], f"{section}.{key}")
@@ -336,12 +457,21 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
             continue
         if len(keys) != 2:
             raise ConfigError(f"override {text!r}: expected exactly section.key")
-        data.setdefault(keys[0], {})
-        if not isinstance(data[keys[0]], dict):
+        section = data.setdefault(keys[0], {})
+        if not isinstance(section, dict):
             raise ConfigError(f"override {text!r}: section {keys[0]!r} is not a mapping")
-        data[keys[0]][keys[1]] = value
+        # An override replaces the key under either of its names (a file may use the old one).
+        name = _canonical(keys[0], keys[1])
+        for key in [k for k in section if _canonical(keys[0], k) == name]:
+            del section[key]
+        section[name] = value
     return config_from_dict(data, source=str(path) if path else "config")
 
 
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML, in the layout of the files under configs/."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    Path(path).write_text(dump_config(config))

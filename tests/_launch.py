@@ -19,7 +19,7 @@ def tiny_config(tmp_path: Path, manifest: Path, name: str = "run", **sections) -
     config = {
         "model": {"n_layer": 2, "n_head": 4, "d_model": 64, "vocab_size": 1000, "max_seq_len": 32, "dropout": 0.1},
         "position": {"type": "seqpe", "max_position": 1024, "contrastive_batch_size": 8, "contrastive_num": 8,
-                     "dist_sample_range": 32, "transfer_batch_size": 2, "transfer_num": 8,
+                     "dist_sample_range": 32, "distill_batch_size": 2, "distill_num": 8,
                      "random_shift_rate": 0.3, "random_shift_downsample": 32},
         "data": {"manifest": str(manifest), "micro_batch_size": 4, "num_workers": 1},
         "train": {"max_steps": 8, "lr": 3e-3, "warmup_steps": 2, "log_every": 1, "eval_every": 4,

@@ -64,7 +64,7 @@ def test_every_shipped_config_loads_and_every_deepspeed_json_parses():
         assert built["zero_optimization"]["stage"] == config.deepspeed.zero_stage
     small = load_config(Path(__file__).parent.parent / "configs/gpt2-small-seqpe.yaml")
     assert (small.model.n_layer, small.model.d_model, small.model.max_seq_len, small.train.precision) == (12, 768, 512, "bf16")
-    assert (small.position.contrastive_weight, small.position.transfer_weight, small.position.random_shift_rate) == (0.1, 0.1, 0.1)
+    assert (small.position.contrastive_weight, small.position.distill_weight, small.position.random_shift_rate) == (0.1, 0.1, 0.1)
     for stage in range(4):
         data = json.loads((Path(__file__).parent.parent / f"configs/deepspeed/zero{stage}.json").read_text())
         assert data["zero_optimization"]["stage"] == stage

@@ -62,7 +62,7 @@ def test_window_too_small_for_the_candidates_is_a_config_error():
 
 
 def distillation(**overrides):
-    settings = dict(max_position=1000, transfer_batch_size=4, transfer_num=8)
+    settings = dict(max_position=1000, distill_batch_size=4, distill_num=8)
     settings.update(overrides)
     return DistillationObjective(PositionConfig(**settings), n_head=2)
 
@@ -82,7 +82,7 @@ def test_distillation_teacher_is_shared_and_student_offsets_are_per_rank():
 
 
 def test_distillation_two_dimensional_grid():
-    objective = distillation(n_dims=2, max_position=40, transfer_num=6)
+    objective = distillation(n_dims=2, max_position=40, distill_num=6)
     batch = objective.sample((4, 5), np.random.default_rng(0), np.random.default_rng(1))
     assert batch.teacher.shape == (4, 6, 2)
     assert (batch.teacher[..., 0] < 4).all() and (batch.teacher[..., 1] < 5).all()
@@ -91,7 +91,7 @@ def test_distillation_two_dimensional_grid():
 
 @pytest.mark.parametrize("kind,per_head", [("kl", False), ("kl", True), ("mse", False)])
 def test_distillation_loss_zero_iff_student_matches_teacher_and_teacher_gets_no_gradient(kind, per_head):
-    objective = distillation(transfer_loss=kind, transfer_per_head=per_head)
+    objective = distillation(distill_loss=kind, distill_per_head=per_head)
     teacher = torch.randn(4, 8, 16, requires_grad=True)
     same = teacher.detach().clone().requires_grad_()
     assert objective.loss(teacher, same).abs().item() < 1e-6

@@ -3,6 +3,7 @@ import torch
 
 from megaseqpe.config import Config, ModelConfig, PositionConfig
 from megaseqpe.positions import SeqPE, build_position_encoding
+from megaseqpe.positions.objectives import ContrastiveBatch, DistillationBatch, ObjectiveSample
 
 
 def make_seqpe(n_dims=1, use="attn_scalar", proj="single", **position) -> SeqPE:
@@ -48,17 +49,26 @@ def test_unique_batching_equals_encoding_every_occurrence(n_dims):
             torch.testing.assert_close(grads_unique[name], param.grad, rtol=1e-9, atol=1e-11, msg=name)
 
 
-def test_forward_puts_main_and_extra_positions_through_one_pass():
-    module = make_seqpe(proj="multi")
+def test_forward_puts_main_and_objective_positions_through_one_pass_and_returns_weighted_losses():
+    module = make_seqpe(proj="multi", contrastive_batch_size=2, distill_batch_size=1, distill_num=4,
+                        dist_sample_range=32)
     calls = count_encoder_calls(module)
     positions = torch.arange(16).view(1, 16, 1)
-    extra = [torch.tensor([[3], [500]]), torch.tensor([[[4], [15], [600]]])]
-    signal = module(positions, extra)
-    assert calls == [18]  # 16 + {500, 600}: 3, 4 and 15 are already in the main window
-    assert signal.unique_positions == 18
+    pivots, candidates = torch.tensor([[3], [500]]), torch.tensor([[[4], [15], [600]]] * 2)
+    teacher, student = torch.tensor([[[0], [5], [9], [12]]]), torch.tensor([[[700], [705], [709], [712]]])
+    sample = ObjectiveSample(ContrastiveBatch(pivots, candidates, torch.tensor([0, 2])),
+                             DistillationBatch(teacher, student))
+    signal = module(positions, sample)
+    assert calls == [22]  # 16 + {500, 600} + 4 students: 3, 4, 15 and the teacher are in the main window
+    assert signal.stats["unique_positions"] == 22 and signal.encoder_tokens > 22
     assert len(signal.layers) == 3 and signal.layers[0].pe_q.shape == (1, 16, 4, 8)
-    assert [e.shape for e in signal.extra_embeddings] == [(2, 32), (1, 3, 32)]
-    torch.testing.assert_close(signal.extra_embeddings[0][0], module.encode(torch.tensor([[3]]))[0][0])
+    embed = lambda *tensors: module.encode(*tensors)
+    unweighted = {"seqpe_contrastive_loss": module.objectives.contrastive.loss(*embed(pivots, candidates),
+                                                                              sample.contrastive.labels),
+                  "seqpe_distill_loss": module.objectives.distillation.loss(*embed(teacher, student))}
+    assert signal.aux_losses.keys() == unweighted.keys()
+    for name, value in unweighted.items():
+        torch.testing.assert_close(signal.aux_losses[name], 0.1 * value)
 
 
 def test_input_add_gives_an_input_embedding_and_no_attention_extras():

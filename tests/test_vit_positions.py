@@ -10,11 +10,11 @@ import torch
 from megaseqpe.config import ConfigError, load_config
 from megaseqpe.model import build_vit
 from megaseqpe.positions import AttentionExtras, grid_positions, to_digits
-from megaseqpe.training.step_positions import StepPositions
+from megaseqpe.positions import build_step_planner
 
 IMAGE = ["task=image_classification", "position.n_dims=2", "position.max_position=32",
          "position.dist_sample_range=8", "position.contrastive_num=8", "position.contrastive_batch_size=4",
-         "position.transfer_num=8", "position.transfer_batch_size=2", "model.d_model=32", "model.n_layer=2"]
+         "position.distill_num=8", "position.distill_batch_size=2", "model.d_model=32", "model.n_layer=2"]
 
 
 def vit_config(*overrides: str):
@@ -29,28 +29,33 @@ def test_patch_coordinates_become_concatenated_row_and_column_digits():
 
 
 def test_one_encoder_pass_encodes_each_distinct_coordinate_pair_once():
-    model = build_vit(vit_config("position.type=seqpe", "position.use=input_add"))
-    encoder = model.position.encoder
+    config = vit_config("position.type=seqpe", "position.use=input_add", "position.random_shift_rate=0.0",
+                        "position.encoder_dropout=0.0")
+    model = build_vit(config)
     calls = []
-    encoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
-    positions = grid_positions(4, 4, torch.device("cpu"))
-    pivots = torch.tensor([[0, 0], [20, 31]])  # (0, 0) is also a patch of the grid
-    out = model(torch.rand(2, 1, 16, 16), positions=positions, extra_positions=[pivots, positions[0]])
-    assert calls == [17] and out.position_signal.unique_positions == 17
-    extra = out.position_signal.extra_embeddings
-    assert torch.equal(extra[0][0], out.position_signal.input_embedding[0, 0])
-    assert torch.equal(extra[1], out.position_signal.input_embedding[0])
+    model.position.encoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    plan = build_step_planner(config, (4, 4)).plan(0, 0, torch.device("cpu"))
+    out = model(torch.rand(2, 1, 16, 16), positions=plan.positions, objectives=plan.objectives)
+    everything = torch.cat([plan.positions.reshape(-1, 2)] +
+                           [p.reshape(-1, 2) for p in plan.objectives.named_positions().values()])
+    distinct = torch.unique(everything, dim=0).shape[0]
+    assert calls == [distinct] and out.position_signal.stats["unique_positions"] == distinct < everything.shape[0]
+    assert set(out.position_signal.aux_losses) == {"seqpe_contrastive_loss", "seqpe_distill_loss"}
+    # A grid coordinate embeds the same wherever it occurs in the pass.
+    grid, pivots = model.position.encode(plan.positions[0], torch.tensor([[0, 0], [20, 31]]))
+    torch.testing.assert_close(grid, out.position_signal.input_embedding[0])
+    assert torch.equal(pivots[0], grid[0])
 
 
 def test_the_2d_step_plan_shifts_the_whole_grid_and_distils_grid_to_shifted_grid():
     config = vit_config("position.type=seqpe", "position.random_shift_rate=1.0", "data.micro_batch_size=4",
                         "position.main_batch_size=2")
-    planner = StepPositions(config, (4, 4))
+    planner = build_step_planner(config, (4, 4))
     plan = planner.plan(step=0, rank=0, device=torch.device("cpu"))
     assert plan.shifted and plan.positions.shape == (4, 16, 2)
     for row in plan.positions:  # each row is the 4x4 grid moved by one (row, col) offset
         assert torch.equal(row - row[0], grid_positions(4, 4, torch.device("cpu"))[0])
-    plan = StepPositions(vit_config("position.type=seqpe", "position.random_shift_rate=0.0"), (4, 4)).plan(
+    plan = build_step_planner(vit_config("position.type=seqpe", "position.random_shift_rate=0.0"), (4, 4)).plan(
         0, 0, torch.device("cpu"))
     teacher, student = plan.objectives.distillation.positions
     assert int(teacher.max()) < 4 and bool((student - teacher >= 4).all())  # unseen coordinates
@@ -61,7 +66,7 @@ def test_the_2d_step_plan_shifts_the_whole_grid_and_distils_grid_to_shifted_grid
 def test_text_step_plans_are_unchanged_by_the_nd_generalisation():
     config = load_config(None, ["position.random_shift_rate=0.5", "data.micro_batch_size=4",
                                 "position.main_batch_size=2", "model.max_seq_len=32", "position.max_position=1024"])
-    plans = [StepPositions(config).plan(step, 0, torch.device("cpu")) for step in range(6)]
+    plans = [build_step_planner(config, (32,)).plan(step, 0, torch.device("cpu")) for step in range(6)]
     assert any(p.shifted for p in plans) and not all(p.shifted for p in plans)
     for plan in plans:
         width = plan.positions.shape[0]
@@ -75,7 +80,7 @@ def test_learned_grid_table_grows_bicubically_only_when_asked():
         assert model(torch.rand(1, 1, 16, 16)).logits.shape == (1, 10)
         with pytest.raises(ValueError, match=r"patch position \(5, 5\) is beyond the learned 4x4 table"):
             model(torch.rand(1, 1, 24, 24))
-        model.position.interpolate = True
+        assert model.position.enable_extrapolation() == "interpolate"
         assert model(torch.rand(1, 1, 48, 48)).logits.shape == (1, 10)
         table = model.position.table.weight.view(4, 4, -1)
         grown = model.position(grid_positions(8, 8, torch.device("cpu"))).input_embedding.view(8, 8, -1)

@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from ..config import ConfigError
     from ..data import ManifestError
-    from ..training.checkpoint import CheckpointError
+    from ..rundir import CheckpointError, RunDir
     from .extrapolation import evaluate_run, markdown_table
-    if not (args.run / "config.yaml").is_file():
-        print(f"megaseqpe-eval: error: {args.run}/config.yaml not found: not a run directory", file=sys.stderr)
+    if not RunDir(args.run).config.is_file():
+        print(f"megaseqpe-eval: error: {RunDir(args.run).config} not found: not a run directory", file=sys.stderr)
         return 2
     try:
         result = evaluate_run(args.run, tag=args.checkpoint, lengths=args.lengths, manifest=args.data,
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megaseqpe-eval: error: {error}", file=sys.stderr)
         return 2
     print(markdown_table(result), end="")
-    print(f"wrote {args.run / 'eval'}/extrapolation.{{json,md,png}}")
+    print(f"wrote {RunDir(args.run).eval}/extrapolation.{{json,md,png}}")
     return 0
 
 

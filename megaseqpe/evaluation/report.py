@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..rundir import RunDir
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -32,15 +34,15 @@ def metric_of(result: dict) -> Metric:
     return METRICS["acc"] if "acc" in result else METRICS["ppl"]
 
 
-def write_report(run_dir: Path, result: dict) -> None:
+def write_report(run: RunDir, result: dict) -> None:
     metric = metric_of(result)
-    out = run_dir / "eval"
+    out = run.eval
     out.mkdir(parents=True, exist_ok=True)
     (out / "extrapolation.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "extrapolation.md").write_text(markdown_table(result))
     plot(result, out / "extrapolation.png")
     from torch.utils.tensorboard import SummaryWriter
-    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+    with SummaryWriter(str(run.tensorboard)) as writer:
         for size, value in result[metric.key].items():
             if value is not None:
                 writer.add_scalar(f"{metric.tag}{size}", value, result["step"])

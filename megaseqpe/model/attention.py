@@ -4,7 +4,7 @@ Backends: `flash` (flash-attn, CUDA, fp16/bf16), `sdpa` (torch.nn.functional.
 scaled_dot_product_attention), `eager` (explicit softmax, the readable reference), and `auto`
 (flash when it can run, else sdpa). Position schemes plug in as:
 
-- SeqPE `attn_scalar` (SEQPE.md §4): logit(i, j) = scale * (q_i.k_j + s * pe_q_i.pe_k_j). We
+- SeqPE `attn_scalar` (docs/method.md §1.3): logit(i, j) = scale * (q_i.k_j + s * pe_q_i.pe_k_j). We
   concatenate `s * pe_q` to q and `pe_k` to k, so every kernel computes it as an ordinary
   dot product with an explicit scale: no [B, H, N, N] bias is ever built on a fused path.
 - rotary: `(cos, sin)` rotate q and k before the kernel.
@@ -18,17 +18,28 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..config import ConfigError
+
 try:  # optional: the [gpu] extra
     from flash_attn import flash_attn_func
 except ImportError:  # pragma: no cover - depends on the machine
     flash_attn_func = None
 
-BACKENDS = ("auto", "flash", "sdpa", "eager")
+BACKENDS = ("auto", "flash", "sdpa", "eager")  # the registry `model.attention_backend` is checked against
 
 
 def flash_available(q: torch.Tensor) -> bool:
     """Whether flash-attn can run on this tensor (installed, CUDA, half precision)."""
     return flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+
+
+def check_backend(backend: str, *, cuda: bool, half_precision: bool) -> None:
+    """Start-up check that `backend` can run on this machine at this precision, so that a run
+    fails before its first step (ConfigError naming the key) rather than in its first forward."""
+    if backend == "flash" and not (flash_attn_func is not None and cuda and half_precision):
+        raise ConfigError("model.attention_backend: 'flash' needs flash-attn installed (pip install '.[gpu]'), "
+                          f"a CUDA device and bf16/fp16 (flash-attn installed: {flash_attn_func is not None}, "
+                          f"CUDA: {cuda}, half precision: {half_precision}); use auto or sdpa")
 
 
 def resolve_backend(backend: str, q: torch.Tensor) -> str:
@@ -70,7 +81,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
               alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0) -> torch.Tensor:
     """Multi-head attention on q/k/v `[B, H, N, head_dim]` → `[B, H, N, head_dim]`.
 
-    `scale` defaults to 1/sqrt(head_dim) of q *before* any SeqPE concatenation, as SEQPE.md §4
+    `scale` defaults to 1/sqrt(head_dim) of q *before* any SeqPE concatenation, as docs/method.md §1.3
     applies it to the whole logit.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale

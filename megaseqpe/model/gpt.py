@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,7 @@ def init_trunk(model: nn.Module, blocks: Sequence[Block]) -> None:
 class GPTOutput:
     logits: torch.Tensor  # [B, N, vocab]
     loss: Optional[torch.Tensor]  # mean next-token cross-entropy, when targets were given
-    position_signal: PositionSignal  # carries SeqPE's extra embeddings and unique-position count
+    position_signal: PositionSignal  # the position scheme's auxiliary losses and statistics
 
 
 class GPT(nn.Module):
@@ -101,16 +101,15 @@ class GPT(nn.Module):
         self.position = position
 
     def forward(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                targets: Optional[torch.Tensor] = None,
-                extra_positions: Sequence[torch.Tensor] = ()) -> GPTOutput:
+                targets: Optional[torch.Tensor] = None, objectives: Optional[Any] = None) -> GPTOutput:
         """tokens `[B, N]`; positions `[B|1, N, n_dims]` (default 0..N-1); targets `[B, N]`.
 
-        `extra_positions` go through the position module in the same pass as `positions`
-        (SeqPE objectives); their embeddings come back in `position_signal.extra_embeddings`.
+        `objectives` (a step plan's sample, opaque here) go to the position module with
+        `positions`; its losses come back in `position_signal.aux_losses`.
         """
         if positions is None:
             positions = default_positions(tokens.shape[1], tokens.device)
-        signal = self.position(positions, extra_positions)
+        signal = self.position(positions, objectives)
         x = self.token_embedding(tokens)
         if signal.input_embedding is not None:
             x = x + signal.input_embedding.to(x.dtype)

@@ -11,7 +11,7 @@ position term. Like the GPT, the model never asks which position scheme it has.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from .gpt import Block, init_trunk
 class ViTOutput:
     logits: torch.Tensor  # [B, num_classes]
     loss: Optional[torch.Tensor]  # mean cross-entropy, when labels were given
-    position_signal: PositionSignal  # SeqPE's extra embeddings and unique-position count
+    position_signal: PositionSignal  # the position scheme's auxiliary losses and statistics
 
 
 class ViT(nn.Module):
@@ -59,16 +59,16 @@ class ViT(nn.Module):
 
     def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 positions: Optional[torch.Tensor] = None,
-                extra_positions: Sequence[torch.Tensor] = ()) -> ViTOutput:
+                objectives: Optional[Any] = None) -> ViTOutput:
         """images `[B, C, H, W]`; positions `[B|1, patches, 2]` (default: the patch grid from (0, 0));
-        labels `[B]`. `extra_positions` join the same position pass (SeqPE objectives)."""
+        labels `[B]`. `objectives` (a step plan's sample) go to the position module with `positions`."""
         if images.dim() != 4 or images.shape[1] != self.config.channels:
             raise ValueError(f"images must be [batch, {self.config.channels}, height, width], "
                              f"got {tuple(images.shape)}")
         rows, cols = self.grid(images)
         if positions is None:
             positions = grid_positions(rows, cols, images.device)
-        signal = self.position(positions, extra_positions)
+        signal = self.position(positions, objectives)
         # Pixels in [0, 1] centred to [-1, 1]: a blank patch then embeds to a signal, not to the bias.
         x = self.patch_embedding(images * 2.0 - 1.0).flatten(2).transpose(1, 2)  # [B, patches, d]
         if signal.input_embedding is not None:

@@ -1,14 +1,15 @@
 """The one interface between a position scheme and the model.
 
-A model hands its position module the positions of its tokens and gets back a
-`PositionSignal`: what to add to the input embeddings and, per layer, what the attention
-needs (SeqPE q/k extras, rotary tables, ALiBi slopes). Every field may be empty, so the model
-applies whatever is there and never asks which scheme produced it.
+A model hands its position module the positions of its tokens (and, in training, the step
+plan's objective sample) and gets back a `PositionSignal`: what to add to the input embeddings,
+per layer what the attention needs (SeqPE q/k extras, rotary tables, ALiBi slopes), and the
+scheme's own training losses by name. Every field may be empty, so the model and the trainer
+apply whatever is there and never ask which scheme produced it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -56,8 +57,11 @@ class PositionSignal:
 
     input_embedding: Optional[torch.Tensor] = None  # [B|1, N, d_model], added to token embeddings
     layers: Sequence[AttentionExtras] = field(default_factory=list)  # one per layer, or one shared
-    extra_embeddings: list[torch.Tensor] = field(default_factory=list)  # for the SeqPE objectives
-    unique_positions: int = 0  # how many distinct positions were encoded (SeqPE only)
+    # The scheme's own training losses by name, already weighted: the trainer adds their sum to
+    # the task loss and logs each as `train/<name>`.
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)  # logged as `train/<name>`
+    encoder_tokens: int = 0  # tokens a position encoder computed in this pass (FLOP counting)
 
     def for_layer(self, index: int) -> AttentionExtras:
         if not self.layers:
@@ -68,24 +72,29 @@ class PositionSignal:
 class PositionEncoding(nn.Module):
     """Base class of every position scheme: positions `[B|1, N, n_dims]` → `PositionSignal`.
 
-    `extra_positions` are further position tensors encoded in the same pass (SeqPE's
-    contrastive and distillation positions); schemes without an encoder reject them.
+    `objectives` is what the scheme's step planner sampled for its training objectives (see
+    `planning.py`); schemes without objectives reject one.
     """
-
-    #: How lengths beyond training are reached at evaluation: "extend" or "interpolate".
-    extrapolation: str = "extend"
 
     def __init__(self, n_dims: int = 1) -> None:
         super().__init__()
         self.n_dims = n_dims
 
-    def forward(self, positions: torch.Tensor,
-                extra_positions: Sequence[torch.Tensor] = ()) -> PositionSignal:
-        if extra_positions:
-            raise ValueError(f"{type(self).__name__} has no position encoder: extra positions "
+    def forward(self, positions: torch.Tensor, objectives: Optional[Any] = None) -> PositionSignal:
+        if objectives is not None:
+            raise ValueError(f"{type(self).__name__} has no position encoder: objective positions "
                              "(contrastive/distillation) are a SeqPE feature")
         self._check_positions(positions)
         return self.signal(positions)
+
+    def enable_extrapolation(self) -> str:
+        """Accept positions beyond the training range from now on (evaluation) and say how they
+        are reached: "extend" (the scheme is defined there) or "interpolate" (a table is stretched)."""
+        return "extend"
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters applied per encoded position rather than per token (FLOP counting)."""
+        return iter(())
 
     def signal(self, positions: torch.Tensor) -> PositionSignal:
         """The scheme's contribution for checked positions `[B|1, N, n_dims]`."""

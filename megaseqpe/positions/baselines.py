@@ -1,4 +1,4 @@
-"""The baselines of SEQPE.md §9, behind the same interface as SeqPE.
+"""The baselines (docs/method.md), behind the same interface as SeqPE.
 
 Learned absolute (a GPT-2 table; for images a 2-D grid table), sinusoidal, RoPE, ALiBi and NoPE. Sinusoidal and RoPE take
 n-D positions by giving each dimension its own share of the channels (axial).
@@ -22,11 +22,9 @@ class NoPE(PositionEncoding):
 class LearnedAbsolute(PositionEncoding):
     """A learned table of `max_seq_len` vectors added to the token embeddings.
 
-    A table cannot extend past its rows. Set `interpolate = True` (evaluation) to stretch it
-    linearly over a longer sequence instead; without it, longer sequences are an error.
+    A table cannot extend past its rows. After `enable_extrapolation()` (evaluation) a longer
+    sequence stretches it linearly instead; before, a longer sequence is an error.
     """
-
-    extrapolation = "interpolate"
 
     def __init__(self, max_seq_len: int, d_model: int, n_dims: int = 1) -> None:
         super().__init__(n_dims)
@@ -35,6 +33,10 @@ class LearnedAbsolute(PositionEncoding):
         self.table = nn.Embedding(max_seq_len, d_model)
         nn.init.normal_(self.table.weight, std=0.02)
         self.interpolate = False
+
+    def enable_extrapolation(self) -> str:
+        self.interpolate = True
+        return "interpolate"
 
     def signal(self, positions: torch.Tensor) -> PositionSignal:
         rows = self.table.num_embeddings
@@ -54,11 +56,9 @@ class LearnedGrid2D(PositionEncoding):
 
     A larger grid (higher resolution) is reached as timm does: the table, seen as a
     `d_model`-channel image, is resized bicubically to the grid the positions need. Like the
-    1-D table this happens only when `interpolate = True` (evaluation); otherwise a position
+    1-D table this happens only after `enable_extrapolation()` (evaluation); before, a position
     outside the table is an error.
     """
-
-    extrapolation = "interpolate"
 
     def __init__(self, grid: int, d_model: int) -> None:
         super().__init__(n_dims=2)
@@ -67,6 +67,10 @@ class LearnedGrid2D(PositionEncoding):
         self.table = nn.Embedding(grid * grid, d_model)
         nn.init.normal_(self.table.weight, std=0.02)
         self.interpolate = False
+
+    def enable_extrapolation(self) -> str:
+        self.interpolate = True
+        return "interpolate"
 
     def signal(self, positions: torch.Tensor) -> PositionSignal:
         rows, cols = (int(n) + 1 for n in positions.reshape(-1, 2).amax(0))

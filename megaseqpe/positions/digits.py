@@ -1,4 +1,4 @@
-"""Positions as digit tokens (SEQPE.md §1).
+"""Positions as digit tokens (docs/method.md §1.1).
 
 A position is an n-dimensional tuple of non-negative integers. Each coordinate is written in
 base `b`, left-padded with the digit 0 to `max_digits` digits, and the per-dimension digit

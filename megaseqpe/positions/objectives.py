@@ -1,22 +1,22 @@
-"""SeqPE's two regularisers (SEQPE.md §6-7), split into sampling and loss.
+"""SeqPE's two regularisers (docs/method.md §2.2-2.3), split into sampling and loss.
 
 Each objective first *samples* the positions it needs and then computes its *loss* from their
-embeddings. The split lets the trainer put the model's positions and every objective's positions
-through one unique-position encoder pass (`SeqPE.forward(..., extra_positions=...)`).
+embeddings. The split lets the SeqPE module put the model's positions and every objective's
+positions through one unique-position encoder pass (`SeqPE.forward(positions, objectives)`).
 
-Sampling uses numpy Generators the caller owns, so the caller decides which streams are shared
-across ranks (the distillation teacher) and which are per rank (everything else).
+Sampling uses numpy Generators the caller owns (the step planner, `planning.py`), so the caller
+decides which streams are shared across ranks (the distillation teacher) and which are per rank.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import PositionConfig
+from ..config import ConfigError, PositionConfig
 
 # Share of pivots whose candidates are all random / include hard near ones / come from a window.
 RANDOM_SHARE, HARD_SHARE = 0.5, 0.3
@@ -141,23 +141,30 @@ class DistillationObjective:
 
     def __init__(self, config: PositionConfig, n_head: int) -> None:
         self.n_dims, self.limit = config.n_dims, config.max_position
-        self.examples, self.slots = config.transfer_batch_size, config.transfer_num
-        self.kind, self.beta = config.transfer_loss, config.transfer_beta
-        self.heads = n_head if config.transfer_per_head else None
+        self.examples, self.slots = config.distill_batch_size, config.distill_num
+        self.kind, self.beta = config.distill_loss, config.distill_beta
+        self.heads = n_head if config.distill_per_head else None
+
+    def check(self, train_extents: tuple[int, ...]) -> None:
+        """ConfigError unless a training window of `train_extents` can be distilled (start-up check)."""
+        extents = np.asarray(train_extents, dtype=np.int64)
+        if len(extents) != self.n_dims:
+            raise ConfigError(f"position.n_dims: {self.n_dims}, but the training window {tuple(train_extents)} "
+                              f"is {len(extents)}-D")
+        if bool((2 * extents > self.limit).any()):
+            raise ConfigError(f"position.max_position: distillation needs at least 2 x the training window "
+                              f"{tuple(train_extents)}, got {self.limit}")
+        cells = int(np.prod(extents))
+        if self.slots > cells:
+            raise ConfigError(f"position.distill_num: {self.slots} exceeds the {cells} training positions")
 
     def sample(self, train_extents: tuple[int, ...], shared_rng: np.random.Generator,
                local_rng: np.random.Generator, device: torch.device | str = "cpu") -> DistillationBatch:
         """Teacher slots come from `shared_rng` (identical on every rank: one anchor for all),
         student offsets from `local_rng` (per rank, so ranks together cover more offsets)."""
+        self.check(train_extents)
         extents = np.asarray(train_extents, dtype=np.int64)
-        if len(extents) != self.n_dims:
-            raise ValueError(f"training window {tuple(train_extents)} is not {self.n_dims}-D")
-        if bool((2 * extents > self.limit).any()):
-            raise ValueError(f"distillation needs position.max_position >= 2 x the training window "
-                             f"{tuple(train_extents)}, got {self.limit}")
         cells = int(np.prod(extents))
-        if self.slots > cells:
-            raise ValueError(f"position.transfer_num={self.slots} exceeds the {cells} training positions")
         flat = np.stack([shared_rng.choice(cells, size=self.slots, replace=False) for _ in range(self.examples)])
         teacher = np.stack(np.unravel_index(flat, tuple(extents)), axis=-1)
         # Offsets s with L <= s and s + L <= max_position in every dimension.
@@ -192,10 +199,14 @@ class ObjectiveSample:
     contrastive: Optional[ContrastiveBatch]
     distillation: Optional[DistillationBatch]
 
-    @property
-    def positions(self) -> list[torch.Tensor]:
-        """The tensors to pass as `extra_positions`, in the order `SeqPEObjectives.loss` reads them."""
-        return [p for batch in (self.contrastive, self.distillation) if batch is not None for p in batch.positions]
+    def named_positions(self) -> dict[str, torch.Tensor]:
+        """Every position tensor the objectives need, by the name `SeqPEObjectives.losses` reads."""
+        named = {}
+        if self.contrastive is not None:
+            named["contrastive_pivots"], named["contrastive_candidates"] = self.contrastive.positions
+        if self.distillation is not None:
+            named["distill_teacher"], named["distill_student"] = self.distillation.positions
+        return named
 
 
 class SeqPEObjectives:
@@ -205,9 +216,18 @@ class SeqPEObjectives:
     """
 
     def __init__(self, config: PositionConfig, n_head: int) -> None:
-        self.contrastive_weight, self.transfer_weight = config.contrastive_weight, config.transfer_weight
+        self.contrastive_weight, self.distill_weight = config.contrastive_weight, config.distill_weight
         self.contrastive = ContrastiveObjective(config, n_head) if config.contrastive_weight > 0 else None
-        self.distillation = DistillationObjective(config, n_head) if config.transfer_weight > 0 else None
+        self.distillation = DistillationObjective(config, n_head) if config.distill_weight > 0 else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.contrastive is not None or self.distillation is not None
+
+    def check(self, train_extents: tuple[int, ...]) -> None:
+        """ConfigError (naming the key) if the objectives cannot run on this training window."""
+        if self.distillation is not None:
+            self.distillation.check(train_extents)
 
     def sample(self, train_extents: tuple[int, ...], shared_rng: np.random.Generator,
                local_rng: np.random.Generator, device: torch.device | str = "cpu",
@@ -219,18 +239,15 @@ class SeqPEObjectives:
             distillation = self.distillation.sample(train_extents, shared_rng, local_rng, device)
         return ObjectiveSample(contrastive, distillation)
 
-    def losses(self, sample: ObjectiveSample, embeddings: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`{"seqpe_contrastive_loss", "seqpe_distill_loss"}` (unweighted) for what was sampled."""
-        embeddings = list(embeddings)
+    def losses(self, sample: ObjectiveSample, embeddings: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`{"seqpe_contrastive_loss", "seqpe_distill_loss"}`, each already multiplied by its weight,
+        for what was sampled; `embeddings` are keyed like `sample.named_positions()`."""
         losses = {}
         if sample.contrastive is not None:
-            pivots, candidates = embeddings.pop(0), embeddings.pop(0)
-            losses["seqpe_contrastive_loss"] = self.contrastive.loss(pivots, candidates, sample.contrastive.labels)
+            loss = self.contrastive.loss(embeddings["contrastive_pivots"], embeddings["contrastive_candidates"],
+                                         sample.contrastive.labels)
+            losses["seqpe_contrastive_loss"] = self.contrastive_weight * loss
         if sample.distillation is not None:
-            teacher, student = embeddings.pop(0), embeddings.pop(0)
-            losses["seqpe_distill_loss"] = self.distillation.loss(teacher, student)
+            loss = self.distillation.loss(embeddings["distill_teacher"], embeddings["distill_student"])
+            losses["seqpe_distill_loss"] = self.distill_weight * loss
         return losses
-
-    def weighted(self, losses: dict[str, torch.Tensor]) -> torch.Tensor | float:
-        weights = {"seqpe_contrastive_loss": self.contrastive_weight, "seqpe_distill_loss": self.transfer_weight}
-        return sum(weights[name] * value for name, value in losses.items())

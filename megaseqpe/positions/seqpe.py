@@ -1,13 +1,14 @@
-"""SeqPE: a small Transformer that reads a position's digits (SEQPE.md §2-4).
+"""SeqPE: a small Transformer that reads a position's digits (docs/method.md §1.2-1.3).
 
 `SeqPEEncoder` maps unique positions `[U, n_dims]` to vectors. `SeqPE` is the position module
-the model talks to: it puts every position a step needs (the model's own and any extra tensors
-for the objectives) through ONE de-duplicated encoder pass and scatters the results back, and at
-inference it serves the model from a cached table, so SeqPE costs a lookup there.
+the model talks to: it puts every position a step needs (the model's own and the objectives'
+sample from the step plan) through ONE de-duplicated encoder pass, scatters the results back and
+returns the objectives' weighted losses with the signal; at inference it serves the model from a
+cached table, so SeqPE costs a lookup there.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from torch import nn
 from ..config import ConfigError, ModelConfig, PositionConfig
 from .base import AttentionExtras, PositionEncoding, PositionSignal
 from .digits import check_encodable, digits_needed, to_digits
+from .objectives import ObjectiveSample, SeqPEObjectives
 
 
 def gpt2_init(module: nn.Module) -> None:
@@ -167,6 +169,7 @@ class SeqPE(PositionEncoding):
             dropout=position.encoder_dropout, attention_dropout=position.encoder_attention_dropout)
         self.n_head, self.d_model = model.n_head, model.d_model
         self.pe_scale = position.scalar_scale
+        self.objectives = SeqPEObjectives(position, model.n_head)  # their losses; the planner samples
         self.qk_projections = nn.ModuleList()
         if position.use == "attn_scalar":
             count = model.n_layer if position.attn_scalar_proj == "multi" else 1
@@ -200,26 +203,35 @@ class SeqPE(PositionEncoding):
         return torch.stack([torch.div(keys, stride, rounding_mode="floor") % self.coordinate_limit
                             for stride in self.key_strides.tolist()], dim=-1)
 
-    # ----------------------------------------------------------------- the model's view
-    def forward(self, positions: torch.Tensor, extra_positions: Sequence[torch.Tensor] = ()) -> PositionSignal:
-        self._check_positions(positions)
-        if not self.training and not torch.is_grad_enabled() and not extra_positions:
-            return self._signal_from_table(positions)
-        embeddings, inverses = self._encode_unique([positions, *extra_positions])
-        main = inverses[0]
-        qk = [projection(embeddings)[main] for projection in self.qk_projections]
-        return self._signal(embeddings[main], qk, extra=[embeddings[i] for i in inverses[1:]],
-                            unique=embeddings.shape[0])
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        return self.encoder.parameters()
 
-    def _signal(self, main: torch.Tensor, qk: list[torch.Tensor], extra: list[torch.Tensor],
-                unique: int) -> PositionSignal:
+    # ----------------------------------------------------------------- the model's view
+    def forward(self, positions: torch.Tensor, objectives: Optional[ObjectiveSample] = None) -> PositionSignal:
+        """The signal for `positions`; with the step plan's `objectives` sample, also their weighted
+        losses, all from one encoder pass over the distinct positions of both."""
+        self._check_positions(positions)
+        if not self.training and not torch.is_grad_enabled() and objectives is None:
+            return self._signal_from_table(positions)
+        named = objectives.named_positions() if objectives is not None else {}
+        embeddings, inverses = self._encode_unique([positions, *named.values()])
+        main = inverses[0]
+        signal = self._signal(embeddings[main], [projection(embeddings)[main] for projection in self.qk_projections])
+        signal.stats["unique_positions"] = float(embeddings.shape[0])
+        signal.encoder_tokens = self.encoder.last_token_count
+        if objectives is not None:
+            extra = {name: embeddings[index] for name, index in zip(named, inverses[1:])}
+            signal.aux_losses = self.objectives.losses(objectives, extra)
+        return signal
+
+    def _signal(self, main: torch.Tensor, qk: list[torch.Tensor]) -> PositionSignal:
         if not qk:
-            return PositionSignal(input_embedding=main, extra_embeddings=extra, unique_positions=unique)
+            return PositionSignal(input_embedding=main)
         layers = []
         for both in qk:  # [B|1, N, 2 * d_model] → two [B|1, N, heads, head_dim]
             pe_q, pe_k = both.unflatten(-1, (2, self.n_head, -1)).unbind(-3)
             layers.append(AttentionExtras(pe_q=pe_q, pe_k=pe_k, pe_scale=self.pe_scale))
-        return PositionSignal(layers=layers, extra_embeddings=extra, unique_positions=unique)
+        return PositionSignal(layers=layers)
 
     # ----------------------------------------------------------------- inference table
     def _signal_from_table(self, positions: torch.Tensor) -> PositionSignal:
@@ -242,4 +254,4 @@ class SeqPE(PositionEncoding):
         if self.n_dims > 1:
             strides[:-1] = torch.flip(torch.cumprod(torch.flip(extents[1:], [0]), 0), [0])
         index = (positions * strides).sum(-1)
-        return self._signal(embeddings[index], [t[index] for t in qk], extra=[], unique=embeddings.shape[0])
+        return self._signal(embeddings[index], [t[index] for t in qk])

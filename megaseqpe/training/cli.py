@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError, dump_config, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,10 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override config keys, e.g. train.max_steps=100 model.n_layer=2")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (YAML, after overrides and aliases) and exit without training")
     args = parser.parse_args(argv)
+    if args.print_config:
+        return _print_config(args.config, args.overrides)
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
     from ..data import ManifestError, NotEnoughShardsError
-    from .checkpoint import CheckpointError
+    from ..rundir import CheckpointError
     from .loop import TrainingAborted, train
     try:
         config = load_config(args.config, args.overrides)
@@ -36,6 +40,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _shutdown()
     return code
+
+
+def _print_config(path: str, overrides: list[str]) -> int:
+    try:
+        config = load_config(path, overrides)
+    except ConfigError as error:
+        print(f"megaseqpe-train: error: {error}", file=sys.stderr)
+        return 2
+    print(dump_config(config), end="")
+    return 0
 
 
 def _has_cuda() -> bool:

@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -120,3 +120,20 @@ def build_engine(model: nn.Module, config: Config, world_size: int, load_univers
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(config, world_size, load_universal))
     return engine
+
+
+def optimizer_step(engine) -> tuple[bool, Optional[float]]:
+    """`engine.step()` after a micro-batch's backward: (whether it was a gradient-accumulation
+    boundary, i.e. the optimizer stepped; the global gradient norm then, else None)."""
+    boundary = engine.is_gradient_accumulation_boundary()
+    # ZeRO-0 records no global norm: read it from the averaged gradients before step() clears them.
+    norm = _parameter_grad_norm(engine) if boundary and engine.zero_optimization_stage() == 0 else None
+    engine.step()
+    if boundary and norm is None:
+        norm = engine.get_global_grad_norm()
+    return boundary, None if norm is None else float(norm)
+
+
+def _parameter_grad_norm(engine) -> Optional[torch.Tensor]:
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else None

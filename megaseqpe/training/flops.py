@@ -22,12 +22,10 @@ class FlopCounter:
     and 6 x encoder parameters per token the SeqPE encoder processed in the step."""
 
     def __init__(self, model: nn.Module, n_layer: int, d_model: int, seq_len: int) -> None:
-        encoder = getattr(model.position, "encoder", None)
-        encoder_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+        encoder = {id(p): p.numel() for p in model.position.encoder_parameters()}
         # Tied weights count once; the token embedding is a lookup, but it is the tied LM head too.
-        params = {id(p): p.numel() for p in model.parameters() if id(p) not in encoder_ids}
-        self.encoder = encoder
-        self.encoder_params = sum(p.numel() for p in encoder.parameters()) if encoder is not None else 0
+        params = {id(p): p.numel() for p in model.parameters() if id(p) not in encoder}
+        self.encoder_params = sum(encoder.values())
         self.per_token = 6 * sum(params.values()) + 12 * n_layer * d_model * seq_len
 
     def step_flops(self, tokens: int, encoder_tokens: int) -> float:

@@ -1,29 +1,42 @@
-"""The training loop: DeepSpeed engine, SeqPE's one-pass step, checkpoints, faults, monitoring."""
+"""The training loop: one optimizer step (`Trainer.train_step`) and the loop around it (`fit`).
+
+The components each own one concern and its interval: the task (model, data, loss), the step
+planner (positions and SeqPE's objective sample), the checkpointer (saving, resuming), the
+validator and the metrics logger (what is logged, throughput). The loop never reads a position
+type's name: the position module returns its own losses with its signal.
+"""
 from __future__ import annotations
 
-import itertools
 import math
 import signal
-import time
-from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 
 from ..config import Config, save_config
-from .checkpoint import Checkpointer, rng_state, set_rng_state
-from .engine import build_engine, init_distributed
+from ..model.attention import check_backend
+from ..positions import build_step_planner
+from ..rundir import RunDir
+from ..tasks import build_task
+from .checkpoint import Checkpointer, rng_state
+from .engine import build_engine, init_distributed, optimizer_step
 from .flops import FlopCounter, peak_flops
-from .metrics import MetricsLogger
-from .step_positions import StepPositions
-from .tasks import build_task
+from .metrics import MetricsLogger, StepResult, Throughput
+from .validation import Validator
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: checkpointed on a signal; requeue and run the same command
 
 
 class TrainingAborted(RuntimeError):
     """Too many consecutive non-finite steps."""
+
+
+def _all_ranks_agree(value: bool, device: torch.device, op: dist.ReduceOp) -> bool:
+    """`value` reduced over ranks: op MAX = true on any rank, MIN = true on every rank."""
+    flag = torch.tensor([int(value)], device=device)
+    dist.all_reduce(flag, op=op)
+    return bool(flag.item())
 
 
 class StopRequest:
@@ -39,186 +52,117 @@ class StopRequest:
 
     def agreed(self, device: torch.device) -> bool:
         """True on every rank if any rank was signalled, so that all save together."""
-        flag = torch.tensor([int(self.flag)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-
-def _all_ranks_true(value: bool, device: torch.device) -> bool:
-    flag = torch.tensor([int(value)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def _grad_norm(engine) -> Optional[float]:
-    norm = engine.get_global_grad_norm()
-    if norm is None:  # ZeRO-0 keeps no norm; the averaged gradients are on the parameters
-        grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else None
-    return None if norm is None else float(norm)
+        return _all_ranks_agree(self.flag, device, dist.ReduceOp.MAX)
 
 
 class Trainer:
     def __init__(self, config: Config) -> None:
-        self.config = config
-        self.rank, self.world_size, local_rank = init_distributed()
-        self.device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        self.run_dir = Path(config.run.dir)
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.run_dir / "config.yaml")
+        self.config, train = config, config.train
+        # Start-up checks that need no process group: a bad setting fails before anything starts.
         self.task = build_task(config)
         self.task.check_data()
-        torch.manual_seed(config.train.seed)  # identical initial weights on every rank
+        self.planner = build_step_planner(config, self.task.position_extents)
+        check_backend(config.model.attention_backend, cuda=torch.cuda.is_available(),
+                      half_precision=train.precision in ("bf16", "fp16"))
+        self.rank, self.world_size, local_rank = init_distributed()
+        self.device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        run = RunDir(config.run.dir)
+        if self.rank == 0:
+            run.path.mkdir(parents=True, exist_ok=True)
+            save_config(config, run.config)
+        torch.manual_seed(train.seed)  # identical initial weights on every rank
         model = self.task.build_model()
-        self.flops = FlopCounter(model, config.model.n_layer, config.model.d_model, self.task.sequence_length)
-        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.rank, self.world_size,
-                                         config.train.keep_last)
-        resume = self.checkpointer.find_resume_point()
-        if resume is not None and not resume.same_world:
-            self.checkpointer.prepare_universal(resume)
-        self.engine = build_engine(model, config, self.world_size,
-                                   load_universal=resume is not None and not resume.same_world)
-        self.step, self.micro_step, self.skipped = 0, 0, 0
-        rank_state = None
-        if resume is not None:
-            rank_state = self.checkpointer.load(self.engine, resume)
-            self.step, self.micro_step = resume.trainer["step"], resume.trainer["micro_step"]
-            self.skipped = resume.trainer["skipped_steps"]
-        # After a world-size change the old per-rank stream positions mean nothing: start a new
-        # stream, seeded by the step so that it does not replay the data from its beginning.
-        data_seed = config.train.seed if rank_state is not None or resume is None else config.train.seed + self.step
-        self.loader = self.task.build_loader(data_seed, self.rank, self.world_size)
-        self.saved_rng = None
-        if rank_state is not None:
-            self.loader.load_state_dict(rank_state["data"])
-            self.saved_rng = rank_state["rng"]
-        self.planner = StepPositions(config, self.task.position_extents)
-        self.logger = MetricsLogger(self.run_dir, enabled=self.rank == 0, start_step=self.step,
-                                    max_steps=config.train.max_steps)
-        if resume is not None:
-            self.logger.write(f"resumed from {resume.tag} (step {self.step})")
+        self.checkpointer = Checkpointer(run, self.rank, self.world_size, keep_last=train.keep_last,
+                                         save_every=train.save_every, max_steps=train.max_steps)
+        self.engine, self.state = self.checkpointer.restore(
+            lambda universal: build_engine(model, config, self.world_size, load_universal=universal))
+        self.loader = self.task.build_loader(self.state.data_seed(train.seed), self.rank, self.world_size)
+        self.validator = Validator(self.task, self.engine, self.device, self.rank, self.world_size,
+                                   every=train.eval_every, max_batches=train.eval_batches, max_steps=train.max_steps)
+        self.metrics = self._metrics_logger(run, model)
+        self.tokens_per_micro = config.data.micro_batch_size * self.task.sequence_length * self.world_size
+        self.consecutive_bad = 0
+        if self.state.tag is not None:
+            self.metrics.write(f"resumed from {self.state.tag} (step {self.state.step})")
 
-    # ------------------------------------------------------------------ one micro-batch
-    def forward(self, batch):
-        """One micro-batch: every position of the step (main, shifted or not, and the objectives')
-        through one encoder pass. Returns (loss, logged parts, plan, model output)."""
-        plan = self.planner.plan(self.micro_step, self.rank, self.device)
-        out, parts = self.task.forward(self.engine, batch, plan)
-        loss = out.loss
-        if plan.objectives is not None:
-            aux = self.planner.objectives.losses(plan.objectives, out.position_signal.extra_embeddings)
-            loss = loss + self.planner.objectives.weighted(aux)
-            parts.update({f"train/{name}": value for name, value in aux.items()})
-            parts["train/unique_positions"] = torch.tensor(float(out.position_signal.unique_positions))
-        return loss, parts, plan, out
+    def _metrics_logger(self, run: RunDir, model: torch.nn.Module) -> MetricsLogger:
+        flops = FlopCounter(model, self.config.model.n_layer, self.config.model.d_model, self.task.sequence_length)
+        throughput = Throughput(flops, peak_flops(self.device), self.world_size)
+        return MetricsLogger(run, enabled=self.rank == 0, start_step=self.state.step,
+                             max_steps=self.config.train.max_steps, log_every=self.config.train.log_every,
+                             throughput=throughput)
 
-    def _checkpoint(self) -> None:
-        trainer = {"step": self.step, "micro_step": self.micro_step, "skipped_steps": self.skipped}
-        tag = self.checkpointer.save(self.engine, self.step, trainer,
-                                     {"data": self.loader.state_dict(), "rng": rng_state()})
-        self.logger.write(f"saved checkpoint {tag}")
+    # ------------------------------------------------------------------ one optimizer step
+    def train_step(self, batches: Iterator[Any]) -> StepResult:
+        """One optimizer step over `train.grad_accum_steps` finite micro-batches drawn from `batches`.
 
-    def validate(self) -> dict[str, float]:
-        config = self.config
-        batches = []
-        for batch in self.task.eval_batches(self.rank, self.world_size):
-            batches.append(batch)
-            if len(batches) == config.train.eval_batches:
-                break
-        # Every rank runs the same number of forwards (ZeRO-3 gathers parameters collectively).
-        count = torch.tensor([len(batches)], device=self.device)
-        dist.all_reduce(count, op=dist.ReduceOp.MIN)
-        totals = None
-        self.engine.eval()
-        with torch.no_grad():
-            for batch in batches[: int(count.item())]:
-                batch_totals = self.task.eval_totals(self.engine, self.task.to_device(batch, self.device))
-                totals = batch_totals if totals is None else totals + batch_totals
-        self.engine.train()
-        if totals is None:  # every rank agrees (count is the minimum): nothing to reduce
-            return {}
-        totals = totals.to(self.device)
-        dist.all_reduce(totals)
-        return self.task.val_metrics(totals) if totals[1] > 0 else {}
+        Every position of a micro-batch (the model's, shifted or not, and the objectives') goes
+        through one encoder pass. A micro-batch whose loss is non-finite on any rank is dropped on
+        every rank before backward (DeepSpeed never sees it) and counted."""
+        result = StepResult()
+        while True:
+            batch = self.task.to_device(next(batches), self.device)
+            plan = self.planner.plan(self.state.micro_step, self.rank, self.device)
+            step_loss = self.task.training_loss(self.engine, batch, plan)
+            self.state.micro_step += 1
+            if not _all_ranks_agree(bool(torch.isfinite(step_loss.loss)), self.device, dist.ReduceOp.MIN):
+                self._drop_micro_batch(result)
+                continue
+            self.consecutive_bad = 0
+            self.engine.backward(step_loss.loss)
+            stepped, norm = optimizer_step(self.engine)
+            record = {name: value.item() for name, value in step_loss.parts.items()}
+            result.records.append(record | {"train/loss": step_loss.loss.item()})
+            result.tokens += self.tokens_per_micro
+            result.encoder_tokens += step_loss.encoder_tokens * self.world_size
+            if stepped:
+                return self._finish_step(result, norm)
+
+    def _drop_micro_batch(self, result: StepResult) -> None:
+        result.skipped += 1
+        self.state.skipped_steps += 1
+        self.consecutive_bad += 1
+        limit, step = self.config.train.max_bad_steps, self.state.step
+        self.metrics.write(f"step {step}: non-finite loss, micro-batch skipped ({self.consecutive_bad} in a row)")
+        if self.consecutive_bad >= limit:
+            raise TrainingAborted(f"aborting: {self.consecutive_bad} non-finite steps in a row at step {step} "
+                                  f"(train.max_bad_steps={limit}); lower train.lr or check the data")
+
+    def _finish_step(self, result: StepResult, norm) -> StepResult:
+        self.state.step += 1
+        result.grad_norm = norm
+        if norm is not None and not math.isfinite(norm):
+            self.state.skipped_steps += 1
+            self.metrics.write(f"step {self.state.step}: non-finite gradient norm")
+        return result
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> int:
-        config, stop = self.config, StopRequest()
-        tokens_per_micro = config.data.micro_batch_size * self.task.sequence_length * self.world_size
-        peak = peak_flops(self.device)
-        window, window_start, consecutive_bad = [], time.perf_counter(), 0
-        # Starting the DataLoader draws its base seed from the global RNG: only then set the
-        # dropout RNG (saved, or per rank), so a resumed run continues exactly.
-        data = iter(self.loader)
-        data = itertools.chain([next(data)], data)
-        if self.saved_rng is not None:
-            set_rng_state(self.saved_rng)
-        else:
-            torch.manual_seed(config.train.seed + 1000 * (self.rank + 1) + self.step)
+        """Train to `train.max_steps`; returns 0, or REQUEUE_EXIT_CODE after a stop request."""
+        stop, train = StopRequest(), self.config.train
+        batches = self.state.start_stream(self.loader, train.seed, self.rank)
         try:
-            while self.step < config.train.max_steps:
+            while self.state.step < train.max_steps:
                 if stop.agreed(self.device):
                     self._checkpoint()
-                    self.logger.write(f"stop requested: checkpointed at step {self.step}, exiting {REQUEUE_EXIT_CODE}")
+                    self.metrics.write(f"stop requested: checkpointed at step {self.state.step}, "
+                                       f"exiting {REQUEUE_EXIT_CODE}")
                     return REQUEUE_EXIT_CODE
-                batch = self.task.to_device(next(data), self.device)
-                loss, parts, _, _ = self.forward(batch)
-                self.micro_step += 1
-                if not _all_ranks_true(bool(torch.isfinite(loss)), self.device):
-                    # Dropped before backward on every rank: DeepSpeed never sees this micro-batch.
-                    self.skipped += 1
-                    consecutive_bad += 1
-                    self.logger.write(f"step {self.step}: non-finite loss, micro-batch skipped ({consecutive_bad} in a row)")
-                    if consecutive_bad >= config.train.max_bad_steps:
-                        raise TrainingAborted(f"aborting: {consecutive_bad} non-finite steps in a row at step "
-                                              f"{self.step} (train.max_bad_steps={config.train.max_bad_steps}); "
-                                              "lower train.lr or check the data")
-                    continue
-                consecutive_bad = 0
-                boundary = self.engine.is_gradient_accumulation_boundary()
-                self.engine.backward(loss)
-                norm = _grad_norm(self.engine) if boundary and config.deepspeed.zero_stage == 0 else None
-                self.engine.step()
-                window.append({k: v.item() for k, v in parts.items()} | {"train/loss": loss.item()})
-                if not boundary:
-                    continue
-                self.step += 1
-                tokens_per_second = tokens_per_micro * len(window) / max(time.perf_counter() - window_start, 1e-9)
-                norm = _grad_norm(self.engine) if norm is None else norm
-                if norm is not None and not math.isfinite(norm):
-                    self.skipped += 1
-                    self.logger.write(f"step {self.step}: non-finite gradient norm")
-                if self.step % config.train.log_every == 0 or self.step == config.train.max_steps:
-                    self._log(window, time.perf_counter() - window_start, tokens_per_micro, norm, peak)
-                    window, window_start = [], time.perf_counter()
-                if self.step % config.train.eval_every == 0 or self.step == config.train.max_steps:
-                    self.logger.log(self.step, self.validate())
-                if self.step % config.train.save_every == 0 or self.step == config.train.max_steps:
+                result = self.train_step(batches)
+                step = self.state.step
+                self.metrics.record_step(step, result, {"train/lr": self.engine.get_lr()[0],
+                                                        "train/skipped_steps": float(self.state.skipped_steps)})
+                if self.validator.should_validate(step):
+                    self.metrics.log(step, self.validator.run())
+                if self.checkpointer.should_save(step):
                     self._checkpoint()
-                self.logger.advance(1, {"loss": loss.item(), "tok/s": tokens_per_second})
             return 0
         finally:
-            self.logger.close()
+            self.metrics.close()
 
-    def _log(self, window: list[dict], seconds: float, tokens_per_micro: int,
-             grad_norm: Optional[float], peak: Optional[float]) -> None:
-        scalars = {}
-        for key in {k for record in window for k in record}:
-            values = [record[key] for record in window if key in record]
-            scalars[key] = sum(values) / len(values)
-        tokens = tokens_per_micro * len(window)
-        scalars["train/tokens_per_second"] = tokens / max(seconds, 1e-9)
-        scalars["train/lr"] = self.engine.get_lr()[0]
-        scalars["train/skipped_steps"] = float(self.skipped)
-        if grad_norm is not None:
-            scalars["train/grad_norm"] = grad_norm
-        if peak is not None:
-            encoder = self.flops.encoder
-            flops = self.flops.step_flops(tokens, encoder.last_token_count * len(window) * self.world_size
-                                          if encoder is not None else 0)
-            scalars["train/mfu"] = flops / seconds / (peak * self.world_size)
-        self.logger.log(self.step, scalars)
+    def _checkpoint(self) -> None:
+        tag = self.checkpointer.save(self.engine, self.state, {"data": self.loader.state_dict(), "rng": rng_state()})
+        self.metrics.write(f"saved checkpoint {tag}")
 
 
 def train(config: Config) -> int:

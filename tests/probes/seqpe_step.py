@@ -1,7 +1,9 @@
-"""Run under torchrun: a few real SeqPE training steps; record what each rank encoded.
+"""Run under torchrun: a few real SeqPE training steps (`Trainer.train_step`); record what each rank
+encoded.
 
 Writes OUT/rank_<r>.pt with the distillation teacher embeddings, student positions and the
-number of encoder passes per step.
+number of encoder passes per step. The step's own objects are observed, not replaced: the
+distillation sampler and loss are wrapped to record their inputs and outputs and call through.
 """
 import sys
 from pathlib import Path
@@ -13,20 +15,30 @@ from megaseqpe.training.loop import Trainer
 
 config_path, out = sys.argv[1], Path(sys.argv[2])
 trainer = Trainer(load_config(config_path))
-encoder = trainer.engine.module.position.encoder
-passes = []
-encoder.register_forward_hook(lambda module, args, output: passes.append(1))
+position = trainer.engine.module.position
+passes, samples, teacher_embeddings = [], [], []
+position.encoder.register_forward_hook(lambda module, args, output: passes.append(1))
+
+
+def recorded(function, outputs, pick=lambda args, result: result):
+    def wrapper(*args, **kwargs):
+        result = function(*args, **kwargs)
+        outputs.append(pick(args, result))
+        return result
+    return wrapper
+
+
+sampler, distillation = trainer.planner.objectives.distillation, position.objectives.distillation
+sampler.sample = recorded(sampler.sample, samples)
+distillation.loss = recorded(distillation.loss, teacher_embeddings, pick=lambda args, result: args[0])
 record = {"teacher_embeddings": [], "teacher_positions": [], "student_positions": [], "passes": []}
 data = iter(trainer.loader)
 for _ in range(3):
     passes.clear()
-    loss, parts, plan, output = trainer.forward(next(data))
-    trainer.engine.backward(loss)
-    trainer.engine.step()
-    trainer.micro_step += 1
-    teacher, student = plan.objectives.distillation.positions
+    trainer.train_step(data)
+    teacher, student = samples[-1].positions
     record["teacher_positions"].append(teacher.cpu())
     record["student_positions"].append(student.cpu())
-    record["teacher_embeddings"].append(output.position_signal.extra_embeddings[2].detach().float().cpu())
+    record["teacher_embeddings"].append(teacher_embeddings[-1].detach().float().cpu())
     record["passes"].append(len(passes))
 torch.save(record, out / f"rank_{trainer.rank}.pt")
