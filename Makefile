@@ -12,7 +12,7 @@ DEMO_LENGTHS := 64,128,256,512,1024
 VIT_DATA := data/digits
 VIT_RUN  := runs/vit-digits-seqpe
 
-.PHONY: install test bench demo demo-vit clean
+.PHONY: install test bench demo demo-vit clean docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -80,3 +80,7 @@ demo-vit: install $(VIT_RUN)/eval/extrapolation.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# make docs: regenerate docs/config.md (every config key, from the docstrings in megaseqpe/config.py).
+docs: install
+	$(PY) -m megaseqpe.config_docs > docs/config.md.tmp && mv docs/config.md.tmp docs/config.md
