@@ -113,6 +113,18 @@ class ModelConfig:
         return self.image_size // self.patch_size
 
 
+# The authors' released runs differ between text (1-D) and images (2-D) in these settings; a None
+# in PositionConfig takes the value for its number of dimensions (docs/method.md §4).
+_REFERENCE_OBJECTIVES = {
+    1: {"main_batch_size": 16, "contrastive_batch_size": 16, "contrastive_num": 32,
+        "contrastive_mode_shares": (0.0, 0.4, 0.6), "contrastive_hard_ratio": 0.25, "dist_sample_range": 256,
+        "distill_batch_size": 16, "distill_num": 32},
+    2: {"main_batch_size": 32, "contrastive_batch_size": 32, "contrastive_num": 64,
+        "contrastive_mode_shares": (0.5, 0.3, 0.2), "contrastive_hard_ratio": 0.2, "dist_sample_range": 14,
+        "distill_batch_size": 32, "distill_num": 64},
+}
+
+
 @dataclass
 class PositionConfig:
     """The position scheme (`type`) and every SeqPE knob (docs/method.md)."""
@@ -136,39 +148,49 @@ class PositionConfig:
     """Attention over a position's digits in the encoder: causal (each digit sees those before it) or bi."""
     mask_padding: bool = False
     """Hide the left-padding 0 digits from the encoder's attention (each token still sees itself)."""
-    # The None default follows the reference text runs for attn_scalar; input_add's output is added to token
-    # embeddings of std 0.02 that a unit-scale LayerNorm output would drown.
+    # The None default follows the reference runs for attn_scalar (text) and attn_mul (images); input_add's
+    # output is added to token embeddings of std 0.02 that a unit-scale LayerNorm output would drown.
     final_layernorm: Optional[bool] = None
-    """LayerNorm on the encoder's output before its projection; None = on for attn_scalar, off for input_add."""
+    """LayerNorm on the encoder's output before its projection; None = on for attn_scalar and attn_mul, off for
+    input_add."""
     temperature: float = 1.0
     """The encoder's output is divided by it (> 0)."""
     encoder_dropout: float = 0.1
-    """Dropout inside the SeqPE encoder: on its summed input embeddings and its residual/MLP branches."""
+    """Dropout on the SeqPE encoder's residual and MLP branches (none on its input embeddings, as the reference)."""
     encoder_attention_dropout: float = 0.0
     """Dropout on the SeqPE encoder's attention weights."""
     # --- how the model uses it (§4) ---
     use: str = "attn_scalar"
-    """input_add: added to the token/patch embeddings; attn_scalar: s * pe_q.pe_k added to every attention logit."""
+    """input_add: added to the token/patch embeddings; attn_scalar: s * pe_q.pe_k added to every attention logit;
+    attn_mul: q * pe_q and k * pe_k elementwise before attention (the reference image runs)."""
     attn_scalar_proj: str = "single"
-    """attn_scalar only: single = one pe_q/pe_k projection shared by all layers; multi = one per layer."""
+    """attn_scalar and attn_mul: single = one pe_q/pe_k projection shared by all layers; multi = one per layer."""
     scalar_scale: float = 1.0
     """attn_scalar only: s in logit(i, j) += s * pe_q[i].pe_k[j] (reference seqpe_scalar_scale)."""
     # --- training-time shifts (§5) ---
     random_shift_rate: float = 0.1
     """pe_random_shift_rate: chance that a micro-batch uses shifted windows, not [0, L); in [0, 1], SeqPE only."""
     random_shift_downsample: int = 320
-    """pe_random_shift_downsample: window starts that shifts draw from (a fixed random subset, same on all ranks)."""
-    main_batch_size: int = 1
-    """pe_main_batch_size: distinct windows per shifted micro-batch; must divide data.micro_batch_size."""
+    """pe_random_shift_downsample: size of each rank's fixed random subset of window starts that shifts use."""
+    main_batch_size: Optional[int] = None
+    """pe_main_batch_size: consecutive windows of the subset per shifted micro-batch, row r using window
+    r mod this; None = the reference's 16 (1-D) or 32 (2-D)."""
     # --- contrastive objective (§6) ---
     contrastive_weight: float = 0.1
     """Weight of the contrastive loss in the total loss (reference seqpe_contrastive_weight); 0 = off."""
-    contrastive_batch_size: int = 32
-    """Pivot positions per micro-batch and rank (reference seqpe_contrastive_batch_size)."""
-    contrastive_num: int = 32
-    """Candidates per pivot (reference seqpe_contrastive_num); the label is the candidate nearest the pivot."""
-    dist_sample_range: int = 256
-    """Side of the window around the pivot that window-mode candidates come from, capped at max_position."""
+    contrastive_batch_size: Optional[int] = None
+    """Pivots per micro-batch and rank, each rank visiting every position once per epoch of its own
+    (seqpe_contrastive_batch_size); None = 16 (1-D) or 32 (2-D)."""
+    contrastive_num: Optional[int] = None
+    """Candidates per pivot (seqpe_contrastive_num), the label being the nearest; None = 32 (1-D) or 64 (2-D)."""
+    contrastive_mode_shares: Optional[tuple] = None
+    """Share of pivots whose special candidates are none (random only), hard negatives, or a window:
+    (random, hard, window) summing to 1; None = the reference's (0, 0.4, 0.6) in 1-D, (0.5, 0.3, 0.2) in 2-D."""
+    contrastive_hard_ratio: Optional[float] = None
+    """Hard (digit-edit) negatives per hard-mode pivot as a fraction of contrastive_num; None = 0.25 (1-D), 0.2 (2-D)."""
+    dist_sample_range: Optional[int] = None
+    """Window mode: side of the window (per dimension) at a random start, at least (5 x contrastive_num) ** (1 /
+    n_dims) and at most max_position (seqpe_dist_sample_range); None = 256 (1-D) or 14 (2-D)."""
     contrastive_logit_scale: float = 1.0
     """Factor on the pivot-candidate dot products before the contrastive cross-entropy."""
     contrastive_per_head: bool = False
@@ -176,12 +198,17 @@ class PositionConfig:
     # --- distillation objective (§7) ---
     distill_weight: float = 0.1
     """Weight of the distillation loss (reference seqpe_transfer_weight); 0 = off."""
-    distill_batch_size: int = 8
-    """Distillation examples (slot set + student offset) per unshifted micro-batch (seqpe_transfer_batch_size)."""
-    distill_num: int = 32
-    """Positions per example, m of the m x m similarity matrices (reference seqpe_transfer_num); >= 2."""
-    distill_per_head: bool = False
-    """Compare similarity matrices per head (embedding split into model.n_head parts), not whole vectors."""
+    distill_batch_size: Optional[int] = None
+    """Distillation examples (slot set + student start) per unshifted micro-batch (seqpe_transfer_batch_size);
+    None = 16 (1-D) or 32 (2-D)."""
+    distill_num: Optional[int] = None
+    """Positions per example, m of the m x m similarity matrices (seqpe_transfer_num), >= 2; None = 32 (1-D) or
+    64 (2-D)."""
+    distill_per_head: bool = True
+    """Compare similarity matrices per head (embedding split into model.n_head parts), as the reference does."""
+    distill_space: str = "embedding"
+    """Where distillation compares similarities: embedding = the encoder outputs' dot products (the paper);
+    attention = the attn_scalar bias s * pe_q.pe_k / sqrt(head_dim) that attention actually adds (ours)."""
     distill_loss: str = "kl"
     """kl = KL both ways between row-wise softmaxes of the similarity matrices; mse = MSE between the matrices."""
     distill_beta: float = 1.0
@@ -193,26 +220,37 @@ class PositionConfig:
     def __post_init__(self) -> None:
         _choice(self.type, "position.type", registered("position.type"))
         _choice(self.attn_direction, "position.attn_direction", ("causal", "bi"))
-        _choice(self.use, "position.use", ("input_add", "attn_scalar"))
+        _choice(self.use, "position.use", ("input_add", "attn_scalar", "attn_mul"))
         _choice(self.attn_scalar_proj, "position.attn_scalar_proj", ("single", "multi"))
         _choice(self.distill_loss, "position.distill_loss", ("kl", "mse"))
+        _choice(self.distill_space, "position.distill_space", ("embedding", "attention"))
         if self.final_layernorm is None:
-            self.final_layernorm = self.use == "attn_scalar"
-        for key in ("n_dims", "max_position", "encoder_layers", "contrastive_batch_size",
-                    "contrastive_num", "dist_sample_range", "distill_batch_size",
-                    "random_shift_downsample", "main_batch_size"):
+            self.final_layernorm = self.use != "input_add"
+        _check(self.n_dims > 0, "position.n_dims", "must be positive")
+        for key, value in _REFERENCE_OBJECTIVES[min(self.n_dims, 2)].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.contrastive_mode_shares = tuple(float(share) for share in self.contrastive_mode_shares)
+        for key in ("max_position", "encoder_layers", "contrastive_batch_size", "contrastive_num",
+                    "dist_sample_range", "distill_batch_size", "random_shift_downsample", "main_batch_size"):
             _check(getattr(self, key) > 0, f"position.{key}", "must be positive")
+        self._check_objectives()
         _check(self.base >= 2, "position.base", "must be at least 2")
         _check(self.distill_num >= 2, "position.distill_num", "needs at least 2 slots")
         _check(self.temperature > 0, "position.temperature", "must be positive")
         _check(0.0 <= self.random_shift_rate <= 1.0, "position.random_shift_rate", "must be in [0, 1]")
+
+    def _check_objectives(self) -> None:
+        shares = self.contrastive_mode_shares
+        _check(len(shares) == 3 and min(shares) >= 0 and abs(sum(shares) - 1) < 1e-6,
+               "position.contrastive_mode_shares", f"needs three non-negative shares summing to 1, got {shares}")
+        _check(0 <= self.contrastive_hard_ratio <= 1, "position.contrastive_hard_ratio", "must be in [0, 1]")
         # The sampler needs enough positions besides the pivot and the nearest one's mirror image.
         _check(self.max_position ** self.n_dims - 2 >= self.contrastive_num, "position.contrastive_num",
                f"{self.contrastive_num} candidates need more than {self.max_position}^{self.n_dims} positions")
-        _check(min(self.dist_sample_range, self.max_position) ** self.n_dims - 2 >= self.contrastive_num,
-               "position.dist_sample_range",
-               f"a window of {self.dist_sample_range} holds fewer than contrastive_num="
-               f"{self.contrastive_num} candidates")
+        _check(self.distill_space == "embedding" or self.use == "attn_scalar", "position.distill_space",
+               f"attention needs position.use=attn_scalar (the only use with a position-only attention bias), "
+               f"got {self.use}")
 
 
 @dataclass
@@ -351,9 +389,10 @@ class Config:
                    f"{position.max_position} is below the training grid of {model.grid_size} patches per side")
 
     def to_dict(self) -> dict:
+        """Plain YAML-safe data: sections of scalars, tuples (betas, shares) as lists."""
         data = dataclasses.asdict(self)
-        data["train"]["betas"] = list(data["train"]["betas"])
-        return data
+        return {name: {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+                if isinstance(section, dict) else section for name, section in data.items()}
 
 
 # ----------------------------------------------------------------------------- YAML and overrides

@@ -55,6 +55,22 @@ def test_seqpe_attn_scalar_equals_dense_bias(backend, causal, batched_pe):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("batched", [True, False])
+def test_seqpe_attn_mul_scales_q_and_k_elementwise(backend, batched):
+    q, k, v, _, _ = inputs(5)
+    g = torch.Generator().manual_seed(6)
+    shape = (B, N, H, D) if batched else (1, N, H, D)
+    q_mul, k_mul = (torch.randn(*shape, generator=g).requires_grad_() for _ in range(2))
+    out = attention(q, k, v, causal=False, backend=backend, q_mul=q_mul, k_mul=k_mul)
+    # The reference's attn_mul: q * pe_q, k * pe_k per head, then plain attention.
+    ref = dense_reference(q * q_mul.transpose(1, 2), k * k_mul.transpose(1, 2), v, causal=False)
+    assert_matches(out, ref, (q, k, v, q_mul, k_mul))
+    other = attention(q, k, v, causal=False, backend="eager" if backend != "eager" else "sdpa",
+                      q_mul=q_mul, k_mul=k_mul)
+    torch.testing.assert_close(out, other, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_alibi_equals_dense_bias(backend):
     q, k, v, _, _ = inputs(2)
     slopes = alibi_slopes(H)

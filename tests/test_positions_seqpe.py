@@ -60,12 +60,12 @@ def test_forward_puts_main_and_objective_positions_through_one_pass_and_returns_
                              DistillationBatch(teacher, student))
     signal = module(positions, sample)
     assert calls == [22]  # 16 + {500, 600} + 4 students: 3, 4, 15 and the teacher are in the main window
-    assert signal.stats["unique_positions"] == 22 and signal.encoder_tokens > 22
+    assert signal.stats["train/unique_positions"] == 22 and signal.encoder_tokens > 22
     assert len(signal.layers) == 3 and signal.layers[0].pe_q.shape == (1, 16, 4, 8)
     embed = lambda *tensors: module.encode(*tensors)
     unweighted = {"seqpe_contrastive_loss": module.objectives.contrastive.loss(*embed(pivots, candidates),
                                                                               sample.contrastive.labels),
-                  "seqpe_distill_loss": module.objectives.distillation.loss(*embed(teacher, student))}
+                  "seqpe_distill_loss": module.objectives.distillation.loss(*embed(teacher, student))[0]}
     assert signal.aux_losses.keys() == unweighted.keys()
     for name, value in unweighted.items():
         torch.testing.assert_close(signal.aux_losses[name], 0.1 * value)

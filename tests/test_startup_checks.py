@@ -9,10 +9,10 @@ from megaseqpe.training.cli import main as train_main
 
 
 @pytest.mark.parametrize("overrides,message", [
-    # Distillation shifts the window by at least L: max_position must hold two windows.
-    (["position.max_position=48"], "position.max_position: distillation needs at least 2 x the training window"),
+    # Distillation moves the window by at least L//4 and keeps it below max_position.
+    (["position.max_position=40"], "position.max_position: 40 leaves no student start beyond the training window"),
     (["position.distill_num=40"], "position.distill_num: 40 exceeds the 32 training positions"),
-    (["position.main_batch_size=3"], "position.main_batch_size=3 must divide data.micro_batch_size=4"),
+    (["position.contrastive_mode_shares=[0.5, 0.5, 0.5]"], "position.contrastive_mode_shares: needs three"),
     (["model.attention_backend=flash"], "model.attention_backend: 'flash' needs flash-attn installed"),
     (["model.vocab_size=10"], "model.vocab_size=10 is smaller than the tokenizer's vocabulary"),
 ])

@@ -1,8 +1,10 @@
 """2-D positions for the ViT: (row, col) digits, one de-duplicated encoder pass, the 2-D step plan,
-the learned grid table's bicubic growth, and the CLS token's position-free slot."""
+the learned grid table's bicubic growth, the CLS token's position vector (added to the input, or
+through SeqPE's q/k projections) and SeqPE's attn_mul."""
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -39,11 +41,11 @@ def test_one_encoder_pass_encodes_each_distinct_coordinate_pair_once():
     everything = torch.cat([plan.positions.reshape(-1, 2)] +
                            [p.reshape(-1, 2) for p in plan.objectives.named_positions().values()])
     distinct = torch.unique(everything, dim=0).shape[0]
-    assert calls == [distinct] and out.position_signal.stats["unique_positions"] == distinct < everything.shape[0]
+    assert calls == [distinct] and out.position_signal.stats["train/unique_positions"] == distinct < everything.shape[0]
     assert set(out.position_signal.aux_losses) == {"seqpe_contrastive_loss", "seqpe_distill_loss"}
     # A grid coordinate embeds the same wherever it occurs in the pass.
     grid, pivots = model.position.encode(plan.positions[0], torch.tensor([[0, 0], [20, 31]]))
-    torch.testing.assert_close(grid, out.position_signal.input_embedding[0])
+    torch.testing.assert_close(grid, out.position_signal.input_embedding[0, 1:])  # row 0: the CLS vector
     assert torch.equal(pivots[0], grid[0])
 
 
@@ -111,3 +113,88 @@ def test_the_vit_never_branches_on_the_position_type_name():
     source = inspect.getsource(vit).lower()
     for name in ("seqpe", "learned", "sinusoidal", "rope", "alibi", "nope"):
         assert f'"{name}"' not in source
+
+
+def seqpe_vit(use: str, *overrides: str):
+    """A tiny SeqPE ViT in eval mode (no encoder dropout) with q/k projections large enough that
+    a wrong factor, layer or CLS row shows in the output."""
+    torch.manual_seed(0)
+    model = build_vit(vit_config("position.type=seqpe", f"position.use={use}", "position.attn_scalar_proj=multi",
+                                 *overrides)).eval()
+    with torch.no_grad():
+        for projection in model.position.qk_projections:
+            projection.weight.normal_(std=0.3)
+            projection.bias.normal_(std=0.3)
+    return model
+
+
+def test_attn_mul_multiplies_q_and_k_by_each_layers_projection_of_cls_and_patch_positions():
+    model = seqpe_vit("attn_mul")
+    grid = grid_positions(4, 4, torch.device("cpu"))
+    signal = model.position(grid, prefix=model.cls_position.view(1, 1, -1))
+    assert signal.input_embedding is None  # the CLS vector is not added to the input under attn_mul
+    h = torch.randn(2, 17, 32)
+    layer = 1
+    out = model.blocks[layer].attention(h, signal.for_layer(layer))
+    # The reference by hand: pe = [cls_position; SeqPE(grid)], one projection per layer, q * pe_q, k * pe_k.
+    attention = model.blocks[layer].attention
+    heads = attention.n_head
+    pe = torch.cat([model.cls_position.view(1, 1, -1), model.position.encode(grid[0])[0][None]], dim=1)
+    pe_q, pe_k = model.position.qk_projections[layer](pe).view(1, 17, 2, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = attention.qkv(h).view(2, 17, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = q * pe_q, k * pe_k
+    weights = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
+    ref = attention.out((weights @ v).transpose(1, 2).reshape(2, 17, 32))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_under_attn_mul_the_cls_position_acts_only_through_the_projections():
+    model = seqpe_vit("attn_mul")
+    images = torch.rand(2, 1, 16, 16)
+    model(images).logits.square().sum().backward()
+    assert model.cls_position.grad.abs().sum() > 0
+    # Nothing of it reaches the input: with the projections' weights at zero it has no gradient.
+    model.zero_grad()
+    with torch.no_grad():
+        for projection in model.position.qk_projections:
+            projection.weight.zero_()
+    model(images).logits.square().sum().backward()
+    assert model.cls_position.grad is None or not model.cls_position.grad.any()
+    assert model.cls_token.grad.abs().sum() > 0
+
+
+def legacy_forward(model, images):
+    """The ViT before the prefix seam: the CLS position vector added to the CLS input, and the
+    CLS slot unpositioned in attention."""
+    signal = model.position(grid_positions(*model.grid(images), images.device))
+    x = model.patch_embedding(images * 2.0 - 1.0).flatten(2).transpose(1, 2)
+    if signal.input_embedding is not None:
+        x = x + signal.input_embedding
+    x = torch.cat([(model.cls_token + model.cls_position).expand(x.shape[0], 1, -1), x], dim=1)
+    for index, block in enumerate(model.blocks):
+        x = block(x, signal.for_layer(index).with_unpositioned_prefix(1))
+    return model.head(model.final_norm(x[:, 0]))
+
+
+@pytest.mark.parametrize("overrides", [["position.type=learned"], ["position.type=sinusoidal"],
+                                       ["position.type=rope"], ["position.type=nope"],
+                                       ["position.type=seqpe", "position.use=input_add"]])
+def test_baselines_and_seqpe_input_add_still_add_the_cls_position_to_the_input(overrides):
+    torch.manual_seed(0)
+    model = build_vit(vit_config(*overrides)).eval()
+    grid = grid_positions(4, 4, torch.device("cpu"))
+    signal = model.position(grid, prefix=model.cls_position.view(1, 1, -1))
+    assert signal.input_embedding.shape == (1, 17, 32) and torch.equal(signal.input_embedding[0, 0], model.cls_position)
+    images = torch.rand(2, 1, 16, 16)
+    assert torch.equal(model(images).logits, legacy_forward(model, images))
+
+
+@pytest.mark.parametrize("use", ["attn_mul", "attn_scalar"])
+def test_the_inference_table_equals_the_training_path_with_the_cls_prefix(use):
+    model = seqpe_vit(use)
+    images = torch.rand(2, 1, 24, 24)  # a 6x6 grid: beyond training, the table grows
+    trained = model(images).logits  # eval mode with gradients: the encoder pass
+    with torch.no_grad():
+        tabled = model(images).logits
+        assert model.position._table is not None
+    torch.testing.assert_close(tabled, trained.detach(), rtol=1e-5, atol=1e-6)

@@ -7,6 +7,8 @@ scaled_dot_product_attention), `eager` (explicit softmax, the readable reference
 - SeqPE `attn_scalar` (docs/method.md §1.3): logit(i, j) = scale * (q_i.k_j + s * pe_q_i.pe_k_j). We
   concatenate `s * pe_q` to q and `pe_k` to k, so every kernel computes it as an ordinary
   dot product with an explicit scale: no [B, H, N, N] bias is ever built on a fused path.
+- SeqPE `attn_mul`: q and k are multiplied elementwise by per-position factors `q_mul`, `k_mul`
+  before the kernel, so every kernel sees ordinary q and k.
 - rotary: `(cos, sin)` rotate q and k before the kernel.
 - ALiBi: flash-attn takes the slopes; sdpa and eager add the (unavoidable) distance bias.
 """
@@ -68,7 +70,7 @@ def alibi_bias(slopes: torch.Tensor, n_query: int, n_key: int, device: torch.dev
 
 
 def _heads_first(pe: torch.Tensor, batch: int) -> torch.Tensor:
-    """SeqPE extras `[N, H, p]` or `[B|1, N, H, p]` → `[B, H, N, p]`."""
+    """SeqPE extras or factors `[N, H, p]` or `[B|1, N, H, p]` → `[B, H, N, p]`."""
     if pe.dim() == 3:
         pe = pe.unsqueeze(0)
     return pe.transpose(1, 2).expand(batch, -1, -1, -1)
@@ -77,7 +79,8 @@ def _heads_first(pe: torch.Tensor, batch: int) -> torch.Tensor:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
               scale: Optional[float] = None, backend: str = "auto",
               pe_q: Optional[torch.Tensor] = None, pe_k: Optional[torch.Tensor] = None,
-              pe_scale: float = 1.0, rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+              pe_scale: float = 1.0, q_mul: Optional[torch.Tensor] = None, k_mul: Optional[torch.Tensor] = None,
+              rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
               alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0) -> torch.Tensor:
     """Multi-head attention on q/k/v `[B, H, N, head_dim]` → `[B, H, N, head_dim]`.
 
@@ -85,6 +88,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     applies it to the whole logit.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if (q_mul is None) != (k_mul is None):
+        raise ValueError("q_mul and k_mul come together")
+    if q_mul is not None:  # right after the head split, as the reference's attn_mul
+        q = q * _heads_first(q_mul, q.shape[0]).to(q.dtype)
+        k = k * _heads_first(k_mul, k.shape[0]).to(k.dtype)
     if rotary is not None:
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
     if (pe_q is None) != (pe_k is None):

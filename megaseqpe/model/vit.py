@@ -5,8 +5,10 @@ Images are cut into `patch_size` squares, each linearly embedded (a strided conv
 ViT); a CLS token is prepended and the classification head reads its final state. The position
 module gets the (row, col) coordinate of every patch, so a larger image simply means a larger
 grid of coordinates: that is what resolution extrapolation tests. The CLS token has no grid
-coordinate: it gets its own learned position vector (as in the reference) and no attention-side
-position term. Like the GPT, the model never asks which position scheme it has.
+coordinate: it gets its own learned position vector (as in the reference), handed to the position
+module as a prefix; the returned signal covers CLS + patches, whether the scheme adds the vector
+to the input or puts it through its attention projections. Like the GPT, the model never asks
+which position scheme it has.
 """
 from __future__ import annotations
 
@@ -68,15 +70,16 @@ class ViT(nn.Module):
         rows, cols = self.grid(images)
         if positions is None:
             positions = grid_positions(rows, cols, images.device)
-        signal = self.position(positions, objectives)
+        # The signal covers the CLS slot (its position vector as a one-row prefix) and the patches.
+        signal = self.position(positions, objectives, prefix=self.cls_position.view(1, 1, -1))
         # Pixels in [0, 1] centred to [-1, 1]: a blank patch then embeds to a signal, not to the bias.
         x = self.patch_embedding(images * 2.0 - 1.0).flatten(2).transpose(1, 2)  # [B, patches, d]
+        x = torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
         if signal.input_embedding is not None:
             x = x + signal.input_embedding.to(x.dtype)
-        cls = (self.cls_token + self.cls_position).to(x.dtype).expand(x.shape[0], 1, -1)
-        x = self.dropout(torch.cat([cls, x], dim=1))
+        x = self.dropout(x)
         for index, block in enumerate(self.blocks):
-            x = block(x, signal.for_layer(index).with_unpositioned_prefix(1))
+            x = block(x, signal.for_layer(index))
         logits = self.head(self.final_norm(x[:, 0]))
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return ViTOutput(logits=logits, loss=loss, position_signal=signal)

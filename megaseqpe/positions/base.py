@@ -20,6 +20,7 @@ class AttentionExtras:
     """Per-layer inputs to `megaseqpe.model.attention.attention` beyond q, k and v.
 
     pe_q, pe_k: `[B|1, N, heads, pe_head_dim]`, SeqPE `attn_scalar` (logit += pe_scale * pe_q.pe_k).
+    q_mul, k_mul: `[B|1, N, heads, head_dim]`, SeqPE `attn_mul` (q *= q_mul, k *= k_mul elementwise).
     rotary: `(cos, sin)`, each `[B|1, N, head_dim // 2]`, applied to q and k.
     alibi_slopes: `[heads]`, a linear distance penalty per head.
     """
@@ -27,14 +28,16 @@ class AttentionExtras:
     pe_q: Optional[torch.Tensor] = None
     pe_k: Optional[torch.Tensor] = None
     pe_scale: float = 1.0
+    q_mul: Optional[torch.Tensor] = None
+    k_mul: Optional[torch.Tensor] = None
     rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     alibi_slopes: Optional[torch.Tensor] = None
 
     def with_unpositioned_prefix(self, count: int) -> "AttentionExtras":
         """The same extras for `count` extra leading tokens that have no position (a ViT's CLS).
 
-        Such a token gets zero SeqPE q/k extras (no position term in its logits) and the
-        identity rotation, so it interacts with every patch by content alone.
+        Such a token gets zero SeqPE q/k extras (no position term in its logits), unit q/k
+        factors and the identity rotation, so it interacts with every patch by content alone.
         """
         def pad(tensor: Optional[torch.Tensor], value: float) -> Optional[torch.Tensor]:
             if tensor is None:
@@ -44,11 +47,12 @@ class AttentionExtras:
 
         rotary = None if self.rotary is None else (pad(self.rotary[0], 1.0), pad(self.rotary[1], 0.0))
         return AttentionExtras(pe_q=pad(self.pe_q, 0.0), pe_k=pad(self.pe_k, 0.0), pe_scale=self.pe_scale,
+                               q_mul=pad(self.q_mul, 1.0), k_mul=pad(self.k_mul, 1.0),
                                rotary=rotary, alibi_slopes=self.alibi_slopes)
 
     def as_kwargs(self) -> dict:
-        return {"pe_q": self.pe_q, "pe_k": self.pe_k, "pe_scale": self.pe_scale,
-                "rotary": self.rotary, "alibi_slopes": self.alibi_slopes}
+        return {"pe_q": self.pe_q, "pe_k": self.pe_k, "pe_scale": self.pe_scale, "q_mul": self.q_mul,
+                "k_mul": self.k_mul, "rotary": self.rotary, "alibi_slopes": self.alibi_slopes}
 
 
 @dataclass
@@ -60,7 +64,7 @@ class PositionSignal:
     # The scheme's own training losses by name, already weighted: the trainer adds their sum to
     # the task loss and logs each as `train/<name>`.
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
-    stats: dict[str, float] = field(default_factory=dict)  # logged as `train/<name>`
+    stats: dict[str, float | torch.Tensor] = field(default_factory=dict)  # logged under these tags
     encoder_tokens: int = 0  # tokens a position encoder computed in this pass (FLOP counting)
 
     def for_layer(self, index: int) -> AttentionExtras:
@@ -73,19 +77,42 @@ class PositionEncoding(nn.Module):
     """Base class of every position scheme: positions `[B|1, N, n_dims]` → `PositionSignal`.
 
     `objectives` is what the scheme's step planner sampled for its training objectives (see
-    `planning.py`); schemes without objectives reject one.
+    `planning.py`); schemes without objectives reject one. `prefix` `[1, P, d_model]` holds learned
+    position vectors of P leading tokens that have no coordinate (a ViT's CLS); the signal then
+    covers P + N tokens, the prefix first (see `with_prefix`).
     """
 
     def __init__(self, n_dims: int = 1) -> None:
         super().__init__()
         self.n_dims = n_dims
 
-    def forward(self, positions: torch.Tensor, objectives: Optional[Any] = None) -> PositionSignal:
+    def forward(self, positions: torch.Tensor, objectives: Optional[Any] = None,
+                prefix: Optional[torch.Tensor] = None) -> PositionSignal:
         if objectives is not None:
             raise ValueError(f"{type(self).__name__} has no position encoder: objective positions "
                              "(contrastive/distillation) are a SeqPE feature")
         self._check_positions(positions)
-        return self.signal(positions)
+        return self.with_prefix(self.signal(positions), prefix, positions.shape[1])
+
+    def with_prefix(self, signal: PositionSignal, prefix: Optional[torch.Tensor], n_tokens: int) -> PositionSignal:
+        """`signal` for `n_tokens` positioned tokens, extended to the `prefix` tokens in front.
+
+        The prefix vectors are added to those tokens' input like an absolute position embedding
+        (rows of zeros for the positioned tokens when the scheme adds nothing to the input), and
+        the attention treats them as unpositioned (`AttentionExtras.with_unpositioned_prefix`).
+        A scheme that places the vectors in attention instead (SeqPE with a q/k projection) does
+        not call this.
+        """
+        if prefix is None:
+            return signal
+        count = prefix.shape[1]
+        embedding = signal.input_embedding
+        if embedding is None:
+            embedding = prefix.new_zeros(1, n_tokens, prefix.shape[-1])
+        front = prefix.to(embedding.dtype).expand(embedding.shape[0], -1, -1)
+        signal.input_embedding = torch.cat([front, embedding], dim=1)
+        signal.layers = [extras.with_unpositioned_prefix(count) for extras in signal.layers]
+        return signal
 
     def enable_extrapolation(self) -> str:
         """Accept positions beyond the training range from now on (evaluation) and say how they

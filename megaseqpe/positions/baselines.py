@@ -46,8 +46,9 @@ class LearnedAbsolute(PositionEncoding):
             if not self.interpolate:
                 raise ValueError(f"position {needed - 1} is beyond the learned table of {rows} positions "
                                  f"(model.max_seq_len={rows}); longer sequences need interpolation")
-            # Position p of a length-`needed` sequence reads row p * (rows-1) / (needed-1).
-            weight = F.interpolate(weight.t()[None], size=needed, mode="linear", align_corners=True)[0].t()
+            # As the reference: linear with align_corners=False, i.e. the table's rows are cell centres
+            # and position p of a length-`needed` sequence reads row (p + 0.5) * rows / needed - 0.5.
+            weight = F.interpolate(weight.t()[None], size=needed, mode="linear", align_corners=False)[0].t()
         return PositionSignal(input_embedding=F.embedding(positions[..., 0], weight))
 
 

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..config import Config, ConfigError
+from ..config import Config
 from .objectives import ObjectiveSample, SeqPEObjectives
 
 
@@ -43,53 +43,50 @@ class StepPlanner:
 
 
 class SeqPEStepPlanner(StepPlanner):
-    """SeqPE's plan: with probability `position.random_shift_rate` the window is shifted (to
-    starts drawn from a fixed random subset, the same in every process), and the objectives'
-    positions are sampled. The constructor checks every constraint of the settings, so a bad one fails at
-    start-up naming its key rather than at the first step."""
+    """SeqPE's plan (docs/method.md §2.1): with probability `position.random_shift_rate` a
+    micro-batch uses shifted windows instead of `[0, L)`: each rank keeps its own fixed random
+    subset of `random_shift_downsample` window starts and takes `main_batch_size` consecutive
+    windows of it (from a random place, wrapping round), batch row r using window r mod that
+    count. The objectives' positions are sampled on every micro-batch, distillation only on
+    unshifted ones. The constructor checks every constraint of the settings, so a bad one fails
+    at start-up naming its key rather than at the first step."""
 
     def __init__(self, config: Config, extents: tuple[int, ...]) -> None:
         super().__init__(config, extents)
         position = config.position
         self.seed, self.batch_size = config.train.seed, config.data.micro_batch_size
         self.shift_rate, self.windows = position.random_shift_rate, position.main_batch_size
-        self.offsets = self._window_starts(position.max_position, position.random_shift_downsample)
-        self._check_shifts()
+        self.max_position, self.downsample = position.max_position, position.random_shift_downsample
+        self._subsets: dict[int, np.ndarray] = {}
         objectives = SeqPEObjectives(position, config.model.n_head)
         objectives.check(self.extents)
         self.objectives = objectives if objectives.enabled else None
 
-    def _window_starts(self, max_position: int, downsample: int) -> np.ndarray:
-        """A fixed random subset of the possible window starts, the same in every process: flat
-        indices into the grid of starts, unravelled to one offset per dimension."""
-        starts = tuple(max_position - extent + 1 for extent in self.extents)
-        total = int(np.prod(starts))
-        flat = np.random.default_rng([self.seed, 5]).choice(total, size=min(downsample, total), replace=False)
-        return np.stack(np.unravel_index(np.sort(flat), starts), axis=-1)  # [count, n_dims]
-
-    def _check_shifts(self) -> None:
-        if not self.shift_rate:
-            return
-        if self.batch_size % self.windows:
-            raise ConfigError(f"position.main_batch_size={self.windows} must divide "
-                              f"data.micro_batch_size={self.batch_size}")
-        if len(self.offsets) < self.windows:
-            raise ConfigError(f"position.main_batch_size={self.windows} exceeds the {len(self.offsets)} "
-                              "shift offsets")
+    def window_starts(self, rank: int) -> np.ndarray:
+        """This rank's fixed random subset of window starts `[count, n_dims]`, in its drawn order."""
+        if rank not in self._subsets:
+            starts = tuple(self.max_position - extent + 1 for extent in self.extents)
+            total = int(np.prod(starts))
+            rng = np.random.default_rng([self.seed, 5, rank])
+            flat = rng.choice(total, size=min(self.downsample, total), replace=False)
+            self._subsets[rank] = np.stack(np.unravel_index(flat, starts), axis=-1)
+        return self._subsets[rank]
 
     def plan(self, step: int, rank: int, device: torch.device) -> StepPlan:
         shared = np.random.default_rng([self.seed, step])
         local = np.random.default_rng([self.seed, step, rank + 1])
         shifted = bool(shared.random() < self.shift_rate)
         window = self.window.to(device)
-        if shifted:  # `windows` distinct windows, each shared by batch / windows rows
-            chosen = local.choice(len(self.offsets), size=self.windows, replace=False)
-            starts = torch.as_tensor(self.offsets[chosen], device=device)  # [windows, n_dims]
-            positions = (starts[:, None, :] + window).repeat_interleave(self.batch_size // self.windows, dim=0)
+        if shifted:
+            subset = self.window_starts(rank)
+            chosen = (int(local.integers(0, len(subset))) + np.arange(self.windows)) % len(subset)
+            rows = np.arange(self.batch_size) % self.windows  # tile the batch over the windows
+            starts = torch.as_tensor(subset[chosen][rows], device=device)  # [batch, n_dims]
+            positions = starts[:, None, :] + window
         else:
             positions = window.unsqueeze(0)
         sample = None
         if self.objectives is not None:
-            # The reference distils only on unshifted steps.
-            sample = self.objectives.sample(self.extents, shared, local, device, distill=not shifted)
+            sample = self.objectives.sample(self.extents, shared, local, seed=self.seed, step=step, rank=rank,
+                                            device=device, distill=not shifted)
         return StepPlan(positions, sample, shifted)

@@ -8,6 +8,8 @@ cached table, so SeqPE costs a lookup there.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -53,7 +55,8 @@ class _EncoderBlock(nn.Module):
             q.unsqueeze(2), k, v, attn_mask=visible[:, None, None, :],
             dropout_p=self.attention_dropout if self.training else 0.0)
         x = x + self.dropout(self.out(attended.flatten(1)))
-        return x + self.dropout(self.down(F.gelu(self.up(self.norm_mlp(x)))))
+        # GPT-2's tanh-approximated GELU ("gelu_new"), as the reference encoder uses.
+        return x + self.dropout(self.down(F.gelu(self.up(self.norm_mlp(x)), approximate="tanh")))
 
 
 class SeqPEEncoder(nn.Module):
@@ -81,7 +84,6 @@ class SeqPEEncoder(nn.Module):
         # One learned vector per dimension, shared by that dimension's slots: tells rows from columns.
         self.dim_embedding = nn.Embedding(n_dims, width) if n_dims > 1 else None
         self.summary_token = nn.Parameter(torch.randn(width) * 0.02)
-        self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(_EncoderBlock(width, n_head, dropout, attention_dropout) for _ in range(n_layer))
         self.final_norm = nn.LayerNorm(width) if final_layernorm else nn.Identity()
         self.out_proj = nn.Linear(width, out_dim)
@@ -100,8 +102,9 @@ class SeqPEEncoder(nn.Module):
             x = x + self.dim_embedding(self.dim_of_slot[slot])
         # The summary tokens come last, one per position: at the END of its sequence, so under a
         # causal mask it still sees every digit.
+        # No dropout on these input embeddings (as the reference): with shared prefixes one token
+        # stands for many positions, and dropout lives in the blocks' residual branches.
         x = torch.cat([x, self.summary_token.expand(positions.shape[0], -1)])
-        x = self.dropout(x)
         self.last_token_count = x.shape[0]  # for FLOP counting: what this pass really computed
         for layer in self.layers:
             x = layer(x, keys, visible)
@@ -155,7 +158,7 @@ class SeqPEEncoder(nn.Module):
 
 
 class SeqPE(PositionEncoding):
-    """The SeqPE position module: unique-position batching, `input_add` or `attn_scalar` use."""
+    """The SeqPE position module: unique-position batching, `input_add`, `attn_scalar` or `attn_mul` use."""
 
     def __init__(self, position: PositionConfig, model: ModelConfig) -> None:
         super().__init__(position.n_dims)
@@ -168,10 +171,10 @@ class SeqPE(PositionEncoding):
             final_layernorm=position.final_layernorm, temperature=position.temperature,
             dropout=position.encoder_dropout, attention_dropout=position.encoder_attention_dropout)
         self.n_head, self.d_model = model.n_head, model.d_model
-        self.pe_scale = position.scalar_scale
+        self.pe_scale, self.use = position.scalar_scale, position.use
         self.objectives = SeqPEObjectives(position, model.n_head)  # their losses; the planner samples
         self.qk_projections = nn.ModuleList()
-        if position.use == "attn_scalar":
+        if position.use != "input_add":  # attn_scalar and attn_mul: pe_q/pe_k from a projection
             count = model.n_layer if position.attn_scalar_proj == "multi" else 1
             self.qk_projections.extend(nn.Linear(model.d_model, 2 * model.d_model) for _ in range(count))
             gpt2_init(self.qk_projections)
@@ -207,34 +210,59 @@ class SeqPE(PositionEncoding):
         return self.encoder.parameters()
 
     # ----------------------------------------------------------------- the model's view
-    def forward(self, positions: torch.Tensor, objectives: Optional[ObjectiveSample] = None) -> PositionSignal:
-        """The signal for `positions`; with the step plan's `objectives` sample, also their weighted
-        losses, all from one encoder pass over the distinct positions of both."""
+    def forward(self, positions: torch.Tensor, objectives: Optional[ObjectiveSample] = None,
+                prefix: Optional[torch.Tensor] = None) -> PositionSignal:
+        """The signal for `positions` (and a `prefix`, see `_signal`); with the step plan's `objectives`
+        sample, also their weighted losses, all from one encoder pass over the distinct positions of both."""
         self._check_positions(positions)
         if not self.training and not torch.is_grad_enabled() and objectives is None:
-            return self._signal_from_table(positions)
+            return self._signal_from_table(positions, prefix)
         named = objectives.named_positions() if objectives is not None else {}
         embeddings, inverses = self._encode_unique([positions, *named.values()])
         main = inverses[0]
-        signal = self._signal(embeddings[main], [projection(embeddings)[main] for projection in self.qk_projections])
-        signal.stats["unique_positions"] = float(embeddings.shape[0])
+        signal = self._signal(embeddings[main], [projection(embeddings)[main] for projection in self.qk_projections],
+                              prefix)
+        signal.stats["train/unique_positions"] = float(embeddings.shape[0])
         signal.encoder_tokens = self.encoder.last_token_count
         if objectives is not None:
             extra = {name: embeddings[index] for name, index in zip(named, inverses[1:])}
-            signal.aux_losses = self.objectives.losses(objectives, extra)
+            signal.aux_losses, stats = self.objectives.losses(objectives, extra, self.attention_similarity)
+            signal.stats.update(stats)
         return signal
 
-    def _signal(self, main: torch.Tensor, qk: list[torch.Tensor]) -> PositionSignal:
+    def attention_similarity(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """What attn_scalar adds to the attention logits between the positions of each example,
+        `s * pe_q[a] . pe_k[b] / sqrt(head_dim)`: `[E, projections x heads, m, m]` for embeddings
+        `[E, m, d]` (the space `position.distill_space: attention` distils in)."""
+        scores = []
+        for projection in self.qk_projections:
+            pe_q, pe_k = projection(embeddings).unflatten(-1, (2, self.n_head, -1)).unbind(-3)  # [E, m, H, hd]
+            scale = self.pe_scale / math.sqrt(pe_q.shape[-1])
+            scores.append(scale * torch.einsum("eahd,ebhd->ehab", pe_q, pe_k))
+        return torch.cat(scores, dim=1)
+
+    def _signal(self, main: torch.Tensor, qk: list[torch.Tensor], prefix: Optional[torch.Tensor]) -> PositionSignal:
+        """The signal from the embeddings `main` and their projections `qk` (one per projection).
+
+        `prefix` `[1, P, d_model]`: with a q/k projection the prefix vectors count as SeqPE
+        embeddings and go through the same projections, in front (the reference's
+        cls_token_pos_embed); under input_add they join the input as the base class does."""
         if not qk:
-            return PositionSignal(input_embedding=main)
+            return self.with_prefix(PositionSignal(input_embedding=main), prefix, main.shape[1])
         layers = []
-        for both in qk:  # [B|1, N, 2 * d_model] → two [B|1, N, heads, head_dim]
-            pe_q, pe_k = both.unflatten(-1, (2, self.n_head, -1)).unbind(-3)
-            layers.append(AttentionExtras(pe_q=pe_q, pe_k=pe_k, pe_scale=self.pe_scale))
+        for projection, both in zip(self.qk_projections, qk):  # [B|1, N, 2 * d_model]
+            if prefix is not None:
+                front = projection(prefix).to(both.dtype)
+                both = torch.cat([front.expand(both.shape[0], -1, -1), both], dim=1)
+            pe_q, pe_k = both.unflatten(-1, (2, self.n_head, -1)).unbind(-3)  # two [B|1, N, heads, head_dim]
+            if self.use == "attn_mul":
+                layers.append(AttentionExtras(q_mul=pe_q, k_mul=pe_k))
+            else:
+                layers.append(AttentionExtras(pe_q=pe_q, pe_k=pe_k, pe_scale=self.pe_scale))
         return PositionSignal(layers=layers)
 
     # ----------------------------------------------------------------- inference table
-    def _signal_from_table(self, positions: torch.Tensor) -> PositionSignal:
+    def _signal_from_table(self, positions: torch.Tensor, prefix: Optional[torch.Tensor] = None) -> PositionSignal:
         """Gather from embeddings of the grid [0, extent) per dimension, computed once.
 
         The table is rebuilt only when a position falls outside it or a parameter changed
@@ -254,4 +282,4 @@ class SeqPE(PositionEncoding):
         if self.n_dims > 1:
             strides[:-1] = torch.flip(torch.cumprod(torch.flip(extents[1:], [0]), 0), [0])
         index = (positions * strides).sum(-1)
-        return self._signal(embeddings[index], [t[index] for t in qk])
+        return self._signal(embeddings[index], [t[index] for t in qk], prefix)

@@ -22,7 +22,7 @@ class StepLoss:
     """One training micro-batch: the loss to back-propagate and what is logged of it."""
 
     loss: torch.Tensor  # task loss + the position scheme's weighted auxiliary losses
-    parts: dict[str, torch.Tensor]  # `train/<name>` → value (task loss, each auxiliary loss, stats)
+    parts: dict[str, torch.Tensor]  # tag → value: task loss, `train/<aux loss>`, the scheme's stats
     encoder_tokens: int  # tokens the position encoder computed (FLOP counting)
 
 
@@ -48,8 +48,9 @@ class Task:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def check_data(self) -> None:
-        """Fail at start-up (ConfigError / ManifestError) when the manifest does not fit the model."""
+    def check_data(self, manifest: Optional[str] = None) -> None:
+        """Fail at start-up (ConfigError / ManifestError) when `manifest` (default: the run's
+        data.manifest) does not fit the model or the run."""
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
@@ -76,12 +77,13 @@ class Task:
 
     def training_loss(self, model: nn.Module, batch: Any, plan: StepPlan) -> StepLoss:
         """The loss of one training micro-batch: the task's loss plus, by name, every auxiliary
-        loss the position scheme returned (already weighted); its statistics are logged too."""
+        loss the position scheme returned (already weighted); its statistics (keyed by their
+        TensorBoard tags) are logged too."""
         out, parts = self.forward(model, batch, plan)
         signal = out.position_signal
         loss = out.loss + sum(signal.aux_losses.values())
         parts.update({f"train/{name}": value for name, value in signal.aux_losses.items()})
-        parts.update({f"train/{name}": torch.tensor(value) for name, value in signal.stats.items()})
+        parts.update({tag: torch.as_tensor(value) for tag, value in signal.stats.items()})
         return StepLoss(loss, parts, signal.encoder_tokens)
 
     def eval_batches(self, rank: int, world_size: int) -> Iterator[Any]:

@@ -42,9 +42,10 @@ def init_distributed() -> tuple[int, int, int]:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on norms, biases and embeddings (SeqPE's digit/slot/dim embeddings
-    and summary token included); decay on the matrices of linear layers."""
-    no_decay_ids = set()
+    """AdamW groups: decay on the matrices of the trunk's linear layers; none on norms, biases,
+    embeddings, nor on any parameter of the position module (the SeqPE encoder and its q/k
+    projections get no weight decay in the authors' runs; tables and embeddings never do)."""
+    no_decay_ids = {id(p) for p in model.position.parameters()}
     for module in model.modules():
         if isinstance(module, (nn.LayerNorm, nn.Embedding)):
             no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
