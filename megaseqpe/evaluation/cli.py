@@ -1,5 +1,6 @@
 """`megaseqpe-eval --run DIR`: perplexity at L, 2L, 4L, 8L, 16L from the run's checkpoint (image
-runs: top-1 accuracy at 1x, 1.5x, 2x, 3x the training resolution)."""
+runs: top-1 accuracy at 1x, 1.5x, 2x, 3x the training resolution under three protocols: the source
+image resized, the training image padded at its trained place, and moved onto unseen positions)."""
 from __future__ import annotations
 
 import argparse
@@ -23,15 +24,23 @@ def main(argv: list[str] | None = None) -> int:
         prog="megaseqpe-eval",
         description="Measure perplexity at several evaluation lengths (batch 1, non-overlapping windows of "
                     "the validation shards), or for image runs top-1 accuracy at several input resolutions "
-                    "(validation images resized), and write RUN/eval/extrapolation.{json,md,png}.")
+                    "under three protocols (resize: the source image resized to each side; pad: the "
+                    "training-size image at the top-left of a blank canvas; pad_moved: it at offset "
+                    "(train, train), on positions never trained, for sides >= 2x train), and write "
+                    "RUN/eval/extrapolation.{json,md,png}.")
     parser.add_argument("--run", required=True, type=Path, help="run directory written by megaseqpe-train")
     parser.add_argument("--checkpoint", help="checkpoint tag (default: the run's latest)")
     parser.add_argument("--lengths", type=_sizes, help="text runs: comma-separated lengths (default: L,2L,4L,8L,16L)")
     parser.add_argument("--resolutions", type=_sizes,
                         help="image runs: comma-separated image sides in pixels, multiples of the patch size "
                              "(default: 1x, 1.5x, 2x, 3x the training resolution)")
-    parser.add_argument("--max-images", type=int, help="image runs: images scored per resolution (default: all)")
-    parser.add_argument("--data", help="manifest.json to evaluate on (default: the run's data.manifest)")
+    parser.add_argument("--max-images", type=int,
+                        help="image runs: images scored per resolution and protocol (default: all)")
+    parser.add_argument("--data", help="manifest.json to evaluate on (default: the run's data.manifest); "
+                                       "refused unless made with the run's tokenizer (same sha256)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="write extrapolation.{json,md,png} and TensorBoard scalars to DIR instead of "
+                             "RUN/eval (the run's own report is left as it is)")
     parser.add_argument("--split", help="manifest split (default: the run's data.val_split)")
     parser.add_argument("--max-tokens", type=int, default=32768, help="tokens scored per length (default: 32768)")
     args = parser.parse_args(argv)
@@ -46,12 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = evaluate_run(args.run, tag=args.checkpoint, lengths=args.lengths, manifest=args.data,
                               split=args.split, max_tokens=args.max_tokens, resolutions=args.resolutions,
-                              max_images=args.max_images)
+                              max_images=args.max_images, out=args.out)
     except (ConfigError, ManifestError, CheckpointError, ValueError) as error:
         print(f"megaseqpe-eval: error: {error}", file=sys.stderr)
         return 2
     print(markdown_table(result), end="")
-    print(f"wrote {RunDir(args.run).eval}/extrapolation.{{json,md,png}}")
+    print(f"wrote {args.out or RunDir(args.run).eval}/extrapolation.{{json,md,png}}")
     return 0
 
 

@@ -41,11 +41,19 @@ class LanguageModeling(Task):
 
     loss_tag = "train/lm_loss"
 
-    def check_data(self) -> None:
-        vocab = load_manifest(self.config.data.manifest).tokenizer.vocab_size
-        if vocab > self.config.model.vocab_size:
+    def check_data(self, manifest: Optional[str] = None) -> None:
+        """The vocabulary fits the model; data other than the run's own (`megaseqpe-eval --data`) must
+        be tokenized with the run's tokenizer (same sha256), or every number would be wrong."""
+        own = self.config.data.manifest
+        tokenizer = load_manifest(manifest or own).tokenizer
+        if tokenizer.vocab_size > self.config.model.vocab_size:
             raise ConfigError(f"model.vocab_size={self.config.model.vocab_size} is smaller than the tokenizer's "
-                              f"vocabulary of {vocab} ({self.config.data.manifest})")
+                              f"vocabulary of {tokenizer.vocab_size} ({manifest or own})")
+        if manifest is not None and manifest != own:
+            trained = load_manifest(own).tokenizer
+            if trained.sha256 != tokenizer.sha256:
+                raise ConfigError(f"{manifest} was tokenized with a different tokenizer (sha256 "
+                                  f"{tokenizer.sha256[:12]}) than the run's data {own} ({trained.sha256[:12]})")
 
     def build_model(self) -> nn.Module:
         return build_gpt(self.config)
