@@ -5,37 +5,21 @@ Only reports what the JSON holds: a benchmark that was not run is listed as miss
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 HERE = Path(__file__).resolve().parent
-RESULTS, FIGURES = HERE / "results", HERE / "figures"
+sys.path.insert(0, str(HERE))
+from _markdown import figure, table  # noqa: E402
+from study_report import study_section  # noqa: E402
+
+RESULTS = HERE / "results"
 MiB = 2 ** 20
 
 
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-
-
-def figure(name: str, draw) -> str:
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    draw(ax)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    FIGURES.mkdir(exist_ok=True)
-    fig.savefig(FIGURES / f"{name}.png", dpi=110)
-    plt.close(fig)
-    return f"![{name}](figures/{name}.png)"
 
 
 def pe_section(data: dict) -> list[str]:
@@ -108,35 +92,6 @@ def data_section(data: dict) -> list[str]:
         rows.append([f"training loader, {workers} DataLoader worker(s)", f"{rate:,.0f} rows/s"])
     rows.append(["demo model consumes (one rank)", f"{data['demo_model_consumes_rows_per_s']['rows_per_s']:,.0f} rows/s"])
     return out + table(["what", "throughput"], rows) + [""]
-
-
-def study_section(data: dict) -> list[str]:
-    lengths = [str(n) for n in data["lengths"]]
-    train = data["config"]["length"]
-    out = ["## 4. Length extrapolation study", "",
-           f"Embedded corpus (Python stdlib sources), configs/demo.yaml with the same model, data, seed and "
-           f"{data['config']['steps']} steps for every type at L = {train}; validation perplexity at batch 1, "
-           f"{data['config']['max_tokens']} tokens per length.", ""]
-    growth = {kind: run["ppl"][lengths[-1]] / run["ppl"][lengths[0]] for kind, run in data["runs"].items()
-              if run["ppl"].get(lengths[-1]) and run["ppl"].get(lengths[0])}
-    out += table(["type"] + [f"{n} ({int(n) // train}L)" for n in lengths] + ["16L / L", "beyond L"],
-                 [[kind] + [f"{run['ppl'][n]:.1f}" if run["ppl"].get(n) else "n/a" for n in lengths] +
-                  [f"{growth[kind]:.3f}" if kind in growth else "n/a", run["method"][lengths[-1]]]
-                  for kind, run in data["runs"].items()]) + [""]
-    best_long = min(data["runs"], key=lambda k: data["runs"][k]["ppl"].get(lengths[-1]) or float("inf"))
-    flattest = min(growth, key=growth.get)
-    out += [f"What the numbers show: lowest perplexity at 16L: **{best_long}**; smallest growth from L to 16L: "
-            f"**{flattest}** ({growth[flattest]:.3f}x). This is a small model trained briefly on code; "
-            "it is a measurement of this setting, not of the paper's.", ""]
-
-    def draw(ax):
-        for kind, run in data["runs"].items():
-            points = [(int(n), run["ppl"][n]) for n in lengths if run["ppl"].get(n)]
-            ax.plot(*zip(*points), marker="o", label=kind)
-        ax.axvline(train, color="grey", linestyle=":")
-        ax.set(xscale="log", yscale="log", xlabel="evaluation length", ylabel="perplexity",
-               title=f"Perplexity vs length (trained at L = {train})")
-    return out + [figure("extrapolation", draw), ""]
 
 
 def scaling_section(data: dict) -> list[str]:
