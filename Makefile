@@ -38,7 +38,7 @@ bench: install $(DEMO_DATA)/shards/manifest.json
 	$(PY) benchmarks/report.py
 
 # make study: every position type trained alike (2 seeds, 1500 steps at L = 64) on stdlib code + pydoc
-# prose, scored on the whole validation split at L..16L with SeqPE's validity gates; 30-40 minutes on
+# prose, scored on the whole validation split at L..16L with SeqPE's validity gates; about 50 minutes on
 # 2 cores. Writes benchmarks/results/extrapolation_study.json and refreshes benchmarks/REPORT.md.
 study: install
 	$(PY) benchmarks/extrapolation_study.py

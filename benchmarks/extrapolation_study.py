@@ -1,6 +1,6 @@
 """Length extrapolation, measured honestly: every position type trained alike, evaluated to 16L.
 
-`make study` (about 30-40 minutes on 2 cores; not part of `make test`):
+`make study` (about 50 minutes on 2 cores, 91 CPU-minutes measured; not part of `make test`):
 1. corpus: Python's standard library sources (code) plus the prose of Python's own documentation
    (`pydoc_data/topics.py`), a SentencePiece tokenizer and shards under data/study/;
 2. every variant (each position type; SeqPE also with `position.distill_space: attention`) with

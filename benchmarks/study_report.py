@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 from _markdown import figure, table
+
+# What the person who ran the study concludes from its numbers, and why; shown under the tables.
+NOTES = Path(__file__).resolve().parent / "results" / "extrapolation_study.notes.md"
 
 
 def _by_variant(runs: list[dict]) -> dict[str, list[dict]]:
@@ -57,10 +61,27 @@ def _winners(variants: dict[str, list[dict]], lengths: list[str]) -> list[str]:
         if len(ranked) < 2:
             continue
         (best, name), (second, runner) = ranked[0], ranked[1]
-        clear = max(_ppl(variants[name], length)) < min(_ppl(variants[runner], length))
+        # Paired by seed: the same seed gives every type the same data order, so compare within seeds.
+        by_seed = lambda runs: {run["seed"]: run["ppl"][length] for run in runs}
+        winner, other = by_seed(variants[name]), by_seed(variants[runner])
+        paired = all(winner[seed] < other[seed] for seed in winner.keys() & other.keys())
         lines.append(f"- {length}: **{name}** {best:.1f}, then {runner} {second:.1f} "
-                     f"({'every seed lower' if clear else 'within the seeds’ spread'})")
+                     f"({'lower with every seed' if paired else 'not lower with every seed'})")
     return lines
+
+
+def _relative_to(variants: dict[str, list[dict]], lengths: list[str], reference: str = "nope") -> list[str]:
+    """Each type's perplexity over NoPE's with the same seed (data order), mean over seeds: the seeds
+    differ far more from each other than the types within a seed."""
+    if reference not in variants:
+        return []
+    base = {run["seed"]: run["ppl"] for run in variants[reference]}
+    rows = []
+    for name, runs in variants.items():
+        ratios = [[run["ppl"][n] / base[run["seed"]][n] for run in runs if run["seed"] in base] for n in lengths]
+        rows.append([name] + [f"{statistics.mean(r):.3f}" for r in ratios])
+    return [f"Perplexity relative to {reference} with the same seed (below 1 = better than {reference}):", ""] + \
+        table(["type"] + lengths, rows) + [""]
 
 
 def _attention_distill(variants: dict[str, list[dict]], lengths: list[str]) -> list[str]:
@@ -96,14 +117,16 @@ def _bias_by_distance(variants: dict[str, list[dict]]) -> list[str]:
 
 def _plots(variants: dict[str, list[dict]], lengths: list[str], train: int) -> list[str]:
     def draw_lengths(ax):
+        base = {run["seed"]: run["ppl"] for run in variants.get("nope", [])}
         for name, runs in variants.items():
-            points = [(int(n), *_stats(_ppl(runs, n))) for n in lengths if _ppl(runs, n)]
-            x, mean, low, high = zip(*points)
-            ax.errorbar(x, mean, yerr=[[m - lo for m, lo in zip(mean, low)], [h - m for m, h in zip(mean, high)]],
-                        marker="o", capsize=3, label=name + ("" if _valid(runs) else " (no positions learned)"))
+            # Relative to NoPE with the same seed when it ran: seeds differ far more than types.
+            value = (lambda run, n: run["ppl"][n] / base[run["seed"]][n]) if base else (lambda run, n: run["ppl"][n])
+            points = [(int(n), statistics.mean(value(run, n) for run in runs)) for n in lengths if _ppl(runs, n)]
+            ax.plot(*zip(*points), marker="o", label=name + ("" if _valid(runs) else " (no positions learned)"))
         ax.axvline(train, color="grey", linestyle=":")
-        ax.set(xscale="log", yscale="log", xlabel="evaluation length", ylabel="perplexity (whole val split)",
-               title=f"Perplexity vs length (trained at L = {train}; mean and range over seeds)")
+        ax.set(xscale="log", xlabel="evaluation length (tokens)",
+               ylabel="perplexity / NoPE's, same seed" if base else "perplexity",
+               title=f"Trained at L = {train}; whole validation split, mean over seeds")
 
     def draw_buckets(ax):
         for name, runs in variants.items():
@@ -155,6 +178,7 @@ def study_section(data: dict) -> list[str]:
     out += table(["type"] + [f"{n} ({int(n) // train}L)" for n in lengths] +
                  ["16L / L", "bias spread in, beyond (per seed)", "teacher entropy (per seed)", "status"], rows)
     out += ["", "Lowest perplexity at each length (SeqPE variants count only if every seed learned positions):", ""]
-    out += _winners(variants, lengths) + [""]
-    return out + _attention_distill(variants, lengths) + _buckets(variants) + _bias_by_distance(variants) + \
-        _plots(variants, lengths, train) + _images(data.get("images", []))
+    out += _winners(variants, lengths) + [""] + _relative_to(variants, lengths)
+    notes = [NOTES.read_text(), ""] if NOTES.exists() else []
+    return out + notes + _attention_distill(variants, lengths) + _buckets(variants) + \
+        _bias_by_distance(variants) + _plots(variants, lengths, train) + _images(data.get("images", []))
