@@ -145,10 +145,10 @@ def _add_images_command(sub) -> None:
                     help="replace manifest.json and shards of an earlier run in DIR")
 
 
-def _input_files(args: argparse.Namespace) -> list[Path]:
+def _input_files(args: argparse.Namespace, skips: SkipLog) -> list[Path]:
     if not args.input and not args.stdlib_corpus:
         raise UserError("no input: give --input PATH... or --stdlib-corpus")
-    files = discover_files(args.input, args.glob)
+    files = discover_files(args.input, args.glob, skips)
     if args.stdlib_corpus:
         files += [f for f in stdlib_sources() if str(f) not in {str(p) for p in files}]
     files = first_files(files, args.max_files, args.max_bytes)
@@ -159,24 +159,27 @@ def _input_files(args: argparse.Namespace) -> list[Path]:
 
 
 def _run_tokenizer(args: argparse.Namespace) -> None:
-    files = _input_files(args)
-    prepare_output_dir(args.out, [MODEL_NAME, VOCAB_NAME], args.overwrite)
     skips = SkipLog()
-    model = train_tokenizer(read_documents(files, skips, args.text_key), args.out,
-                            vocab_size=args.vocab_size, model_type=args.model_type,
-                            max_sentences=args.max_sentences,
-                            character_coverage=args.character_coverage, seed=args.seed)
+    files = _input_files(args, skips)
+    prepare_output_dir(args.out, [MODEL_NAME, VOCAB_NAME], args.overwrite)
+    model, splits = train_tokenizer(read_documents(files, skips, args.text_key), args.out,
+                                    vocab_size=args.vocab_size, model_type=args.model_type,
+                                    max_sentences=args.max_sentences,
+                                    character_coverage=args.character_coverage, seed=args.seed)
     processor = load_tokenizer(model)
-    print(f"{len(files)} file(s) read; {skips.summary()}")
+    cut = f"; {splits.summary()}" if splits.lines else ""
+    if cut:
+        print(f"{PROG} tokenizer: note: {splits.summary()}", file=sys.stderr)
+    print(f"{len(files)} file(s) read; {skips.summary()}{cut}")
     print(f"wrote {model} ({args.model_type}, vocab {processor.vocab_size()}, "
           f"eos id {processor.eos_id()})")
 
 
 def _run_shards(args: argparse.Namespace) -> None:
-    files = _input_files(args)
+    skips = SkipLog()
+    files = _input_files(args, skips)
     processor = load_tokenizer(args.tokenizer)
     prepare_output_dir(args.out, ["manifest.json", "train", "val"], args.overwrite)
-    skips = SkipLog()
     manifest = build_shards(read_documents(files, skips, args.text_key), skips, len(files),
                             tokenizer=args.tokenizer, processor=processor, out=args.out,
                             val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,

@@ -1,9 +1,13 @@
 """``megaseqpe-prep shards``: documents → parallel SentencePiece encoding → train/val shards + manifest.
 
 The main process reads the corpus (and does all the skip accounting) while a pool of workers
-encodes batches of documents; ``Pool.imap`` returns results in submission order, so the shards
-do not depend on ``--workers``. A semaphore bounds the batches in flight, so memory stays flat
-however large the corpus. A document goes to ``val`` when a hash of its key falls below
+encodes batches of document pieces; ``Pool.imap`` returns results in submission order, so the
+shards do not depend on ``--workers``. A semaphore bounds the batches in flight, so memory stays
+flat however large the corpus. A document longer than :data:`~data_prep.corpus.PIECE_CHARS`
+is encoded as bounded pieces cut at line or word boundaries (SentencePiece segments words
+independently, so its tokens barely change) and stays one sample with one EOS: its token pieces
+are streamed into the shard (:meth:`SplitShardWriter.write_document`), so memory stays flat
+however long a document is. A document goes to ``val`` when a hash of its key falls below
 ``val_fraction``: the split never changes between runs, nor when other documents are added.
 """
 from __future__ import annotations
@@ -13,7 +17,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from itertools import chain, groupby
 from multiprocessing import Pool
+from operator import attrgetter
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -24,7 +30,7 @@ from tqdm import tqdm
 import megaseqpe
 from megaseqpe.data import InputsInfo, Manifest, SplitInfo, TokenizerInfo, token_dtype
 
-from .corpus import Document, SkipLog
+from .corpus import Document, FileDocument, SkipLog
 from .errors import UserError
 from .outputs import write_json_atomic
 from .shard_writer import SplitShardWriter
@@ -35,9 +41,22 @@ IN_FLIGHT_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
-class EncodedDocument:
-    """What a worker sends back: the document's identity and its token ids."""
+class Piece:
+    """A bounded piece of a document; ``document`` numbers documents in input order, so that
+    consecutive pieces with the same number make up one document."""
 
+    document: int
+    key: str
+    source: str
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class EncodedPiece:
+    """What a worker sends back: the piece's document and its token ids."""
+
+    document: int
     key: str
     source: str
     index: int
@@ -60,23 +79,30 @@ def _init_worker(model_path: str, dtype: str) -> None:
     _dtype = np.dtype(dtype)
 
 
-def _encode_batch(batch: list[Document]) -> list[EncodedDocument]:
-    ids = _processor.encode([doc.text for doc in batch], num_threads=1)
-    return [EncodedDocument(doc.key, doc.source, doc.index,
-                            np.fromiter(tokens, dtype=_dtype, count=len(tokens)))
-            for doc, tokens in zip(batch, ids)]
+def _encode_batch(batch: list[Piece]) -> list[EncodedPiece]:
+    ids = _processor.encode([piece.text for piece in batch], num_threads=1)
+    return [EncodedPiece(piece.document, piece.key, piece.source, piece.index,
+                         np.fromiter(tokens, dtype=_dtype, count=len(tokens)))
+            for piece, tokens in zip(batch, ids)]
+
+
+def document_pieces(documents: Iterable[Document | FileDocument]) -> Iterator[Piece]:
+    """Every document as its bounded pieces, in order."""
+    for number, doc in enumerate(documents):
+        for text in doc.pieces():
+            yield Piece(number, doc.key, doc.source, doc.index, text)
 
 
 class _Feeder:
-    """Groups documents into ~BATCH_BYTES tasks for ``Pool.imap``, at most ``limit`` in flight.
+    """Groups pieces into ~BATCH_BYTES tasks for ``Pool.imap``, at most ``limit`` in flight.
 
     ``imap`` pulls tasks from a thread of its own with no back-pressure; the semaphore supplies
     it. ``stop()`` unblocks that thread when the consumer ends early (an error while writing),
     otherwise the pool could not shut down.
     """
 
-    def __init__(self, documents: Iterable[Document], limit: int) -> None:
-        self.documents = documents
+    def __init__(self, pieces: Iterable[Piece], limit: int) -> None:
+        self.pieces = pieces
         self.slots = threading.Semaphore(limit)
         self.stopped = threading.Event()
 
@@ -84,12 +110,12 @@ class _Feeder:
         self.slots.acquire()
         return not self.stopped.is_set()
 
-    def __iter__(self) -> Iterator[list[Document]]:
-        batch: list[Document] = []
+    def __iter__(self) -> Iterator[list[Piece]]:
+        batch: list[Piece] = []
         size = 0
-        for doc in self.documents:
-            batch.append(doc)
-            size += len(doc.text)
+        for piece in self.pieces:
+            batch.append(piece)
+            size += len(piece.text)
             if size >= BATCH_BYTES:
                 if not self._wait_slot():
                     return
@@ -107,10 +133,10 @@ class _Feeder:
         self.slots.release()
 
 
-def encode_documents(documents: Iterable[Document], model_path: Path, dtype: np.dtype,
-                     workers: int) -> Iterator[EncodedDocument]:
-    """Encoded documents in input order, encoded by ``workers`` processes."""
-    feeder = _Feeder(documents, workers * IN_FLIGHT_PER_WORKER)
+def encode_documents(documents: Iterable[Document | FileDocument], model_path: Path, dtype: np.dtype,
+                     workers: int) -> Iterator[EncodedPiece]:
+    """The encoded pieces of ``documents`` in input order, encoded by ``workers`` processes."""
+    feeder = _Feeder(document_pieces(documents), workers * IN_FLIGHT_PER_WORKER)
     with Pool(workers, initializer=_init_worker, initargs=(str(model_path), dtype.str)) as pool:
         try:
             for encoded in pool.imap(_encode_batch, feeder):
@@ -120,7 +146,7 @@ def encode_documents(documents: Iterable[Document], model_path: Path, dtype: np.
             feeder.stop()
 
 
-def build_shards(documents: Iterable[Document], skips: SkipLog, files_seen: int, *,
+def build_shards(documents: Iterable[Document | FileDocument], skips: SkipLog, files_seen: int, *,
                  tokenizer: Path, processor: spm.SentencePieceProcessor, out: Path,
                  val_fraction: float, shard_tokens: int, workers: int) -> Manifest:
     """Write ``out/{train,val}/shard-*.tar`` and then ``out/manifest.json``; return the manifest."""
@@ -129,11 +155,13 @@ def build_shards(documents: Iterable[Document], skips: SkipLog, files_seen: int,
     documents_written = tokens_written = 0
     start = time.perf_counter()
     with tqdm(desc="shards", unit="doc", disable=None) as bar:
-        for doc in encode_documents(documents, tokenizer, dtype, workers):
+        for _, pieces in groupby(encode_documents(documents, tokenizer, dtype, workers),
+                                 key=attrgetter("document")):
+            doc = next(pieces)
             split = "val" if is_val(doc.key, val_fraction) else "train"
-            writers[split].write(doc.key, doc.tokens, doc.source, doc.index)
+            tokens = chain([doc.tokens], (piece.tokens for piece in pieces))
+            tokens_written += writers[split].write_document(doc.key, tokens, doc.source, doc.index)
             documents_written += 1
-            tokens_written += len(doc.tokens)
             bar.update(1)
             if documents_written % 64 == 0:
                 rate = tokens_written / max(time.perf_counter() - start, 1e-9)

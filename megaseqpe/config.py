@@ -309,7 +309,7 @@ class TrainConfig:
     keep_last: int = 2
     """Complete checkpoints kept under RUN/checkpoints; older ones are deleted."""
     max_bad_steps: int = 5
-    """Consecutive micro-batches with a non-finite loss (each skipped) before the run aborts."""
+    """Bad steps in a row before the run aborts: a non-finite loss (the micro-batch is skipped), a non-finite gradient norm, or a step the optimizer skipped. The last checkpoint from before the first of them is kept, whatever keep_last says."""
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "grad_accum_steps", "log_every", "eval_every", "save_every",

@@ -1,10 +1,11 @@
 """The run directory's layout, shared by training and evaluation (docs/architecture.md).
 
-    RUN/config.yaml              the resolved config the run used
+    RUN/config.yaml              the resolved config of the run's latest accepted start
     RUN/metrics.jsonl            one JSON object per logged step
     RUN/tensorboard/             event files (rank 0)
     RUN/eval/                    extrapolation.{json,md,png}
-    RUN/checkpoints/step_N/      one checkpoint tag; COMPLETE is written last, once every rank is done
+    RUN/checkpoints/step_N/      one checkpoint tag, with the config.yaml that wrote it; COMPLETE is
+                                 written last, once every rank is done
     RUN/checkpoints/latest       the newest complete tag's name
 
 A tag without COMPLETE (a crash mid-write) is never read.
@@ -38,6 +39,11 @@ class RunDir:
 
     def tag_dir(self, tag: str) -> Path:
         return self.checkpoints / tag
+
+    def config_for(self, tag: str) -> Path:
+        """The config that wrote `tag` (tags from before configs were saved in them: the run's)."""
+        own = self.tag_dir(tag) / "config.yaml"
+        return own if own.is_file() else self.config
 
     def is_complete(self, tag: str) -> bool:
         return (self.tag_dir(tag) / COMPLETE).exists()

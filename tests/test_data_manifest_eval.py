@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,25 @@ def test_manifest_errors_name_the_key(tmp_path: Path, data_manifest: Path, edit,
     bad.write_text(json.dumps(data))
     with pytest.raises(ManifestError, match=rf"^{tmp_path}/manifest\.json: {message}"):
         load_manifest(bad)
+
+
+@pytest.mark.parametrize("escape", ["../outside.tar", "train/../../outside.tar", "/etc/passwd",
+                                    "train/link.tar", ""])
+def test_shard_paths_must_stay_inside_the_manifests_directory(tmp_path: Path, data_manifest: Path,
+                                                              escape: str) -> None:
+    """A manifest cannot make training read files elsewhere: not by ``..``, an absolute path, or a
+    symlink inside the directory that points out of it."""
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    (tmp_path / "outside.tar").write_bytes(b"")
+    (root / "train" / "link.tar").symlink_to(tmp_path / "outside.tar")
+    data = json.loads(data_manifest.read_text())
+    data["splits"]["train"]["shards"][1]["path"] = escape
+    (root / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=rf"^{root}/manifest\.json: splits\.train\.shards\[1\]\.path "
+                                            rf"'{re.escape(escape)}' is outside the manifest's directory "
+                                            rf"{re.escape(str(root.resolve()))}$"):
+        load_manifest(root)
 
 
 def test_missing_and_unparsable_manifest(tmp_path: Path) -> None:

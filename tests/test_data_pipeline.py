@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import replace
+import shutil
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -96,8 +95,10 @@ def test_unequal_shards_never_run_dry(tmp_path: Path, data_manifest: Path) -> No
     shards = sorted(manifest.splits["train"].shards, key=lambda s: s.tokens)
     small, big = shards[0], shards[-1]
     assert big.tokens > 3 * small.tokens
-    def moved(shard: ShardInfo) -> ShardInfo:  # the new manifest lives in tmp_path
-        return replace(shard, path=os.path.relpath(manifest.shard_path(shard), tmp_path))
+    def moved(shard: ShardInfo) -> ShardInfo:  # the new manifest lives in tmp_path; shards stay inside it
+        (tmp_path / shard.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(manifest.shard_path(shard), tmp_path / shard.path)
+        return shard
 
     lopsided = Manifest(created_by="test", tokenizer=manifest.tokenizer, inputs=manifest.inputs,
                         splits={"train": SplitInfo((moved(small), moved(big)))}, root=tmp_path)

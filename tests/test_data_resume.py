@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megaseqpe.data import build_train_loader
+from megaseqpe.data import DataStreamMismatch, build_train_loader
 
 SEQ = 255
 
@@ -51,3 +51,12 @@ def test_state_of_another_layout_is_refused(data_manifest: Path) -> None:
                                     rank=1, world_size=2, num_workers=2)
     with pytest.raises(ValueError, match="seed was 7"):
         other_seed.load_state_dict(state)
+
+
+def test_state_of_other_shards_is_refused_naming_the_manifest(data_manifest: Path) -> None:
+    """The message names the data (the CLI prints it as its one error line, exit 2)."""
+    state = {**make(data_manifest, 0).state_dict(), "shards_sha256": "0" * 64}
+    with pytest.raises(DataStreamMismatch) as caught:
+        make(data_manifest, 0).load_state_dict(state)
+    assert str(caught.value).startswith(f"{data_manifest}: cannot resume the data stream: shards_sha256 was ")
+    assert "the shards changed since the checkpoint" in str(caught.value)

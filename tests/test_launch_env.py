@@ -1,6 +1,9 @@
+import os
+import stat
+
 import pytest
 
-from megaseqpe.training.launcher_env import detect, expand_nodelist, slurm_port
+from megaseqpe.training.launcher_env import detect, expand_nodelist, hostnames, slurm_port
 
 
 @pytest.mark.parametrize("nodelist,hosts", [
@@ -9,9 +12,37 @@ from megaseqpe.training.launcher_env import detect, expand_nodelist, slurm_port
     ("node[1-2]", ["node1", "node2"]),
     ("a[8-10],login1,b[003]", ["a8", "a9", "a10", "login1", "b003"]),
     ("gpu-a[1,3],gpu-b[09-11]", ["gpu-a1", "gpu-a3", "gpu-b09", "gpu-b10", "gpu-b11"]),
+    ("node-[1-2]-ib", ["node-1-ib", "node-2-ib"]),
+    ("n[1-2]-ib,m[3-4],login", ["n1-ib", "n2-ib", "m3", "m4", "login"]),
+    ("r[1-2]n[08-09]", ["r1n08", "r1n09", "r2n08", "r2n09"]),
+    ("a,b,c", ["a", "b", "c"]),
 ])
 def test_expand_slurm_nodelists(nodelist, hosts):
     assert expand_nodelist(nodelist) == hosts
+
+
+def test_a_malformed_nodelist_is_an_error():
+    with pytest.raises(ValueError, match="unbalanced brackets"):
+        expand_nodelist("gpu[01-02")
+
+
+def _fake_scontrol(directory, script):
+    path = directory / "scontrol"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def test_hostnames_asks_scontrol_and_falls_back_when_it_cannot_say(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    _fake_scontrol(tmp_path, 'echo "site-$3-a"; echo "site-$3-b"\n')
+    assert hostnames("x[1-2]") == ["site-x[1-2]-a", "site-x[1-2]-b"]
+    # Some SLURM versions reject a list with exit 0 and print no host: our parser answers.
+    _fake_scontrol(tmp_path, 'echo "Invalid hostlist: $3" >&2\n')
+    assert hostnames("node-[1-2]-ib") == ["node-1-ib", "node-2-ib"]
+    _fake_scontrol(tmp_path, "exit 1\n")
+    assert hostnames("gpu[01-02]") == ["gpu01", "gpu02"]
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    assert hostnames("gpu[01-02]") == ["gpu01", "gpu02"]
 
 
 def test_torchrun_layout():

@@ -1,14 +1,18 @@
 """Bad corpus content is counted and reported, never fatal and never silently dropped."""
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import sentencepiece as spm
 
+from data_prep.cli import main as prep_main
 from data_prep.corpus import SkipLog, discover_files, read_documents
 from megaseqpe.data import MAX_SKIP_EXAMPLES, decode_meta, decode_tokens, iter_raw_samples, load_manifest
 
@@ -97,3 +101,25 @@ def test_glob_and_text_key(tmp_path: Path) -> None:
     docs = list(read_documents([tmp_path / "c.jsonl"], skips, text_key="body"))
     assert [d.text for d in docs] == ["c"] and skips.counts["corrupt"] == 1
     assert "c.jsonl:2: no string 'body' key" in skips.examples[0]
+
+
+def test_symlinked_directories_are_followed_and_loops_counted(tmp_path: Path, data_tokenizer: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "linked.txt").write_text("a document behind a symlinked directory\n")
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "own.txt").write_text("a document of the corpus itself\n")
+    (corpus / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (corpus / "sub" / "loop").symlink_to(corpus, target_is_directory=True)  # walked naively: forever
+    skips = SkipLog()
+    assert discover_files([corpus], skips=skips) == [corpus / "own.txt", corpus / "linked" / "linked.txt"]
+    assert skips.as_dict()["unreadable"] == 1
+    assert skips.examples == [f"{corpus}/sub/loop: symlink loop to {os.path.realpath(corpus)}, not followed"]
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert prep_main(["shards", "--input", str(corpus), "--tokenizer", str(data_tokenizer), "--out", str(out),
+                          "--val-fraction", "0", "--workers", "1"]) == 0
+    manifest = load_manifest(out)
+    assert (manifest.inputs.files_seen, manifest.inputs.documents) == (2, 2)
+    assert manifest.inputs.skipped["unreadable"] == 1 and "symlink loop" in manifest.inputs.examples_skipped[0]

@@ -74,6 +74,15 @@ def wait_for_step(run_dir, step, timeout=240):
     raise AssertionError(f"step {step} not reached")
 
 
+def start_requeued_job_now(env, job):
+    """SLURM holds a requeued job for a fixed delay (about two minutes); let it start now."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+            job_field(env, job, "JobState") == "PENDING" and int(job_field(env, job, "Restarts") or 0) >= 1):
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+
+
 def job_log(log_dir, job):
     return (log_dir / f"megaseqpe-{job}.out").read_text(errors="replace")  # ranks interleave bytes
 
@@ -111,11 +120,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_same_losses(clust
     job = submit(cluster, config, tmp_path)
     wait_for_step(run_dir, 10)
     subprocess.run(["scontrol", "requeue", job], env=cluster, check=True)
-    # SLURM holds a requeued job for a fixed delay (about two minutes); let it start now.
-    deadline = time.monotonic() + 120
-    while job_field(cluster, job, "JobState") != "PENDING" and time.monotonic() < deadline:
-        time.sleep(0.5)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster, check=True)
+    start_requeued_job_now(cluster, job)
     assert wait_done(cluster, job, timeout=400) == "COMPLETED", job_log(tmp_path, job)
     assert int(job_field(cluster, job, "Restarts")) >= 1
     log = job_log(tmp_path, job)
@@ -154,9 +159,47 @@ def test_a_lost_node_fails_the_job_cleanly_and_a_resubmission_resumes(cluster, t
 
 def test_plain_srun_mode_one_task_per_process_without_torchrun(cluster, tmp_path, data_manifest):
     config = tiny_config(tmp_path, data_manifest, name="srun", train={"max_steps": 4, "eval_every": 100})
-    job = submit({**cluster, "MEGASEQPE_LAUNCH": "srun"}, config, tmp_path)
+    env = {**cluster, "MEGASEQPE_LAUNCH": "srun"}
+    venv_python = REPO / ".venv" / "bin" / "python"
+    if venv_python.exists():  # the script's default when MEGASEQPE_PYTHON is not set
+        del env["MEGASEQPE_PYTHON"]
+    job = submit(env, config, tmp_path)
     assert wait_done(cluster, job) == "COMPLETED", job_log(tmp_path, job)
     log = job_log(tmp_path, job)
+    assert not venv_python.exists() or f"megaseqpe: python {venv_python} (the repository's environment)" in log
     assert "rank 0/2 local_rank 0 on node node1 (launcher: slurm)" in log
     assert "rank 1/2 local_rank 0 on node node2 (launcher: slurm)" in log
     assert sorted(train_losses(tmp_path / "srun")) == [1, 2, 3, 4]
+
+
+# Stands in for torchrun and its ranks (run as PYTHON -m torch.distributed.run ...): the first run
+# "checkpoints on a signal", writes the requeue file as rank 0 does, and exits 1 as torchrun does
+# when its ranks exit 75; the requeued run finishes.
+TORCHRUN_STUB = """#!/bin/bash
+echo "stub on $SLURMD_NODENAME: restart ${SLURM_RESTART_COUNT:-0}, launcher pid $MEGASEQPE_LAUNCHER_PID, mine $$"
+if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then
+  echo '{"step": 7, "signal": "SIGTERM"}' > "$MEGASEQPE_REQUEUE_FILE"
+  exit 1
+fi
+"""
+
+
+def test_the_requeue_file_requeues_whatever_torchrun_exits_with(cluster, tmp_path):
+    stub = tmp_path / "python"
+    stub.write_text(TORCHRUN_STUB)
+    stub.chmod(0o755)
+    (tmp_path / "run.yaml").write_text("{}")
+    result = subprocess.run(["slurm/submit", "--nodes", "2", "--time", "10", "--partition", "debug", "--parsable",
+                             f"--output={tmp_path}/%x-%j.out", str(tmp_path / "run.yaml")],
+                            cwd=REPO, env={**cluster, "MEGASEQPE_PYTHON": str(stub)}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip().split(";")[0]
+    start_requeued_job_now(cluster, job)
+    assert wait_done(cluster, job) == "COMPLETED", job_log(tmp_path, job)
+    log = job_log(tmp_path, job)
+    assert int(job_field(cluster, job, "Restarts")) == 1, log
+    assert 'step ended (exit 1), the training checkpointed on a signal: {"step": 7' in log
+    assert f"requeueing job {job}" in log
+    launcher_pid, own_pid = re.search(r"restart 0, launcher pid (\d+), mine (\d+)", log).groups()
+    assert launcher_pid == own_pid, "MEGASEQPE_LAUNCHER_PID is torchrun's pid (the ranks' parent)"
+    assert not (REPO / ".megaseqpe" / f"requeue-{job}").exists(), "read and removed"

@@ -18,7 +18,7 @@ from .evaluation import eval_batches
 from .image_samples import decode_image_sample, encode_image_sample
 from .images import (ImageShardDataset, build_image_train_loader, eval_image_batches,
                      resize_images)
-from .loader import TokenBatchLoader, build_train_loader
+from .loader import DataStreamMismatch, TokenBatchLoader, build_train_loader
 from .manifest import (FORMAT_VERSION, KIND_IMAGE, KIND_TEXT, MAX_SKIP_EXAMPLES, SKIP_REASONS,
                        ImageInfo, InputsInfo, Manifest, ManifestError, ShardInfo, SplitInfo,
                        TokenizerInfo, load_manifest, manifest_from_dict)
@@ -27,7 +27,8 @@ from .shard_reader import CorruptShardError, iter_raw_samples
 
 __all__ = [
     "FORMAT_VERSION", "KIND_IMAGE", "KIND_TEXT", "MAX_SKIP_EXAMPLES", "SKIP_REASONS", "SHARD_PATTERN",
-    "CorruptShardError", "ImageInfo", "ImageShardDataset", "ShardStreamDataset", "InputsInfo",
+    "CorruptShardError", "DataStreamMismatch", "ImageInfo", "ImageShardDataset", "ShardStreamDataset",
+    "InputsInfo",
     "build_image_train_loader", "decode_image_sample", "encode_image_sample", "eval_image_batches",
     "resize_images", "Manifest", "ManifestError", "NotEnoughShardsError",
     "ReaderState", "ShardInfo", "SplitInfo", "TextShardDataset", "TokenBatchLoader",

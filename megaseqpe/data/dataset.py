@@ -32,7 +32,7 @@ from webdataset.filters import shuffle as wds_shuffle
 from .manifest import KIND_TEXT, Manifest, load_manifest
 from .packing import pack_rows
 from .samples import decode_tokens
-from .shard_reader import check_on_corrupt, iter_shard_samples
+from .shard_reader import CorruptShardError, check_on_corrupt, iter_shard_samples
 
 
 class NotEnoughShardsError(ValueError):
@@ -72,8 +72,9 @@ class ShardStreamDataset(IterableDataset):
         rank, world_size: this process's place among the data-parallel ranks.
         num_workers: DataLoader workers per rank (0 = read in the main process).
         shuffle_buffer: samples held in the shuffle buffer (1 disables sample shuffling).
-        on_corrupt: ``"error"`` (default) stops at a corrupt shard naming it; ``"skip"`` counts the
-            unreadable samples (``ReaderState.skipped``) and goes on.
+        on_corrupt: ``"error"`` (default) stops at a corrupt shard naming it (sha256 mismatch,
+            unreadable tar or sample, token id outside the vocabulary, missing file); ``"skip"``
+            counts the samples lost (``ReaderState.skipped``) and goes on.
     """
 
     #: The manifest kind this stream reads, and how to get more shards when there are too few.
@@ -156,8 +157,7 @@ class ShardStreamDataset(IterableDataset):
 
         samples = (doc for index in self.epoch_shards(reader, epoch)
                    for doc in iter_shard_samples(self.manifest.shard_path(self.shards[index]),
-                                                 self.shards[index].samples, self.on_corrupt, count,
-                                                 self.decode))
+                                                 self.shards[index], self.on_corrupt, count, self.decode))
         rng = random.Random(f"megaseqpe-samples/{self.seed}/{reader}/{epoch}")
         initial = min(self.shuffle_buffer, 100)
         return iter(wds_shuffle(self.shuffle_buffer, initial, rng=rng)(samples))
@@ -185,8 +185,9 @@ class ShardStreamDataset(IterableDataset):
                 yield epoch, count, document
                 count += 1
             if count == 0:
-                raise RuntimeError(f"reader {reader} found no readable sample in epoch {epoch} "
-                                   f"of split {self.split!r} (all its shards are empty or corrupt)")
+                raise CorruptShardError(f"{self.manifest.root / 'manifest.json'}: reader {reader} found no readable "
+                                        f"sample in epoch {epoch} of split {self.split!r} (all its shards are "
+                                        "empty or corrupt; see the warnings above)")
             epoch += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -218,7 +219,7 @@ class TextShardDataset(ShardStreamDataset):
         self.max_seq_len = max_seq_len
 
     def decode(self, sample: dict[str, Any]) -> np.ndarray:
-        return decode_tokens(sample)
+        return decode_tokens(sample, self.manifest.tokenizer.vocab_size)
 
     def reader_rows(self, reader: int, start: ReaderState = ReaderState()
                     ) -> Iterator[tuple[np.ndarray, ReaderState]]:

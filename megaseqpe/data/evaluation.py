@@ -33,8 +33,8 @@ def eval_batches(manifest_path: str | Path, split: str = "val", *, max_seq_len: 
     def documents() -> Iterator[tuple[int, int, np.ndarray]]:
         index = 0
         for shard in shards:
-            for _, tokens in iter_shard_tokens(manifest.shard_path(shard), shard.samples,
-                                               on_corrupt, lambda n: None):
+            for _, tokens in iter_shard_tokens(manifest.shard_path(shard), shard, on_corrupt,
+                                               lambda n: None, manifest.tokenizer.vocab_size):
                 if index % world_size == rank:
                     yield 0, index, tokens
                 index += 1

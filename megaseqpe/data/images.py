@@ -89,7 +89,7 @@ def eval_image_batches(manifest_path: str | Path, split: str = "val", *, batch_s
     manifest = load_manifest(manifest_path, expect=KIND_IMAGE)
     rows = (row for index, row in enumerate(
         row for shard in manifest.split(split).shards
-        for _, row in iter_shard_samples(manifest.shard_path(shard), shard.samples, on_corrupt,
+        for _, row in iter_shard_samples(manifest.shard_path(shard), shard, on_corrupt,
                                          lambda n: None, decode_image_sample))
         if index % world_size == rank)
     while batch := list(islice(rows, batch_size)):

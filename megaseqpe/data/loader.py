@@ -23,8 +23,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from .dataset import ReaderState, ShardStreamDataset, TextShardDataset
+from .shard_reader import CorruptShardError, worker_error
 
 STATE_VERSION = 1
+
+
+class DataStreamMismatch(ValueError):
+    """A saved stream position that does not belong to this stream (other shards, seed, layout);
+    the message starts with the manifest's path and names the setting that changed."""
 
 
 def _guard_stop_signals(exiting, worker_id: int) -> None:
@@ -94,6 +100,8 @@ class TokenBatchLoader:
                 self.reader_states[expected] = ReaderState.from_dict(item["state"])
                 self.batches_consumed += 1
                 yield item["batch"]
+        except CorruptShardError as error:
+            raise worker_error(error) from None
         finally:
             # Stop the workers now: left to the garbage collector after an error (the traceback
             # keeps this frame alive), their queues may be finalised first and shutdown then
@@ -119,15 +127,19 @@ class TokenBatchLoader:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a position saved by :meth:`state_dict`; the next batch continues the stream.
 
-        Raises ValueError naming the setting when the data or the layout changed (other shards,
-        seed, rank count, workers): the saved position would point at different rows.
+        Raises :class:`DataStreamMismatch` naming the setting when the data or the layout changed
+        (other shards, seed, rank count, workers): the saved position would point at different rows.
         """
+        where = self.dataset.manifest.root / "manifest.json"
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data-loader state version {state.get('version')!r} is not {STATE_VERSION}")
+            raise DataStreamMismatch(f"{where}: data-loader state version {state.get('version')!r} "
+                                     f"is not {STATE_VERSION}")
         for key, now in self._identity().items():
             if state.get(key) != now:
-                raise ValueError(f"cannot resume the data stream: {key} was {state.get(key)!r} when "
-                                 f"saved and is {now!r} now")
+                hint = (" (the shards changed since the checkpoint: resume with the data it was saved with, "
+                        "or start a new run.dir)" if key == "shards_sha256" else "")
+                raise DataStreamMismatch(f"{where}: cannot resume the data stream: {key} was "
+                                         f"{state.get(key)!r} when saved and is {now!r} now{hint}")
         self.batches_consumed = int(state["batches_consumed"])
         self.reader_states = {int(w): ReaderState.from_dict(s) for w, s in state["readers"].items()}
 

@@ -4,13 +4,13 @@ One module owns the schema so that ``megaseqpe-prep shards`` and the training pi
 disagree about a key: data_prep builds a :class:`Manifest` and calls :meth:`Manifest.to_dict`,
 the pipeline calls :func:`load_manifest`, which validates every key and names the first bad one.
 Paths inside a manifest are relative to the manifest's own directory, so a dataset directory can
-be moved or copied as a whole.
+be moved or copied as a whole; shard paths must stay inside it (checked at load, symlinks resolved).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 FORMAT_VERSION = 1
@@ -167,11 +167,22 @@ class _Reader:
         return value
 
 
-def _parse_split(r: _Reader, obj: Any, key: str) -> SplitInfo:
+def _inside(r: _Reader, root: Path, key: str, path: str) -> str:
+    """``path`` when it names a file inside ``root``: a manifest must not make the pipeline read
+    (and train on) files elsewhere, by an absolute path, ``..`` or a symlink pointing out."""
+    base = root.resolve()
+    relative = PurePosixPath(path)
+    if relative.is_absolute() or ".." in relative.parts or base not in (base / relative).resolve().parents:
+        raise r.fail(key, f"{path!r} is outside the manifest's directory {base}")
+    return path
+
+
+def _parse_split(r: _Reader, obj: Any, key: str, root: Path) -> SplitInfo:
     shards = []
     for i, s in enumerate(r.get(obj, key, "shards", list)):
         skey = f"{key}.shards[{i}]"
-        shards.append(ShardInfo(path=r.get(s, skey, "path", str), samples=r.count(s, skey, "samples"),
+        path = _inside(r, root, f"{skey}.path", r.get(s, skey, "path", str))
+        shards.append(ShardInfo(path=path, samples=r.count(s, skey, "samples"),
                                 tokens=r.count(s, skey, "tokens"), sha256=r.get(s, skey, "sha256", str)))
     split = SplitInfo(tuple(shards))
     for total in ("samples", "tokens"):
@@ -220,7 +231,7 @@ def manifest_from_dict(data: Any, root: Path, source: str = "manifest.json",
     tokenizer = _parse_tokenizer(r, data) if kind == KIND_TEXT else None
     image = _parse_image(r, data) if kind == KIND_IMAGE else None
     splits_obj = r.get(data, "", "splits", dict)
-    splits = {name: _parse_split(r, r.get(splits_obj, "splits", name, dict), f"splits.{name}")
+    splits = {name: _parse_split(r, r.get(splits_obj, "splits", name, dict), f"splits.{name}", root)
               for name in splits_obj}
     inp = r.get(data, "", "inputs", dict)
     skipped_obj = r.get(inp, "inputs", "skipped", dict)

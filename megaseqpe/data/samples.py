@@ -12,6 +12,7 @@ import json
 from typing import Any, Mapping
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 
@@ -31,6 +32,11 @@ def check_key(key: str) -> None:
         raise ValueError(f"sample key {key!r} must not contain '.' or '/' (WebDataset splits on them)")
 
 
+def encode_meta(source: str, index: int) -> bytes:
+    """The ``meta.json`` member; sorted keys so that equal documents give equal bytes."""
+    return json.dumps({"source": source, "index": index}, sort_keys=True).encode("utf-8")
+
+
 def encode_sample(key: str, tokens: np.ndarray, source: str, index: int) -> dict[str, Any]:
     """The tar members of one document, as bytes, ready for ``webdataset.TarWriter(encoder=False)``.
 
@@ -40,22 +46,39 @@ def encode_sample(key: str, tokens: np.ndarray, source: str, index: int) -> dict
     check_key(key)
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(tokens), allow_pickle=False)
-    meta = json.dumps({"source": source, "index": index}, sort_keys=True).encode("utf-8")
-    return {"__key__": key, "tokens.npy": buf.getvalue(), "meta.json": meta}
+    return {"__key__": key, "tokens.npy": buf.getvalue(), "meta.json": encode_meta(source, index)}
 
 
-def decode_tokens(sample: Mapping[str, Any]) -> np.ndarray:
-    """The token array of a sample read back by webdataset's tar iterators."""
+def tokens_header(dtype: np.dtype, count: int) -> bytes:
+    """The ``.npy`` header ``np.save`` writes before ``count`` tokens of ``dtype``: a writer that
+    streams a long document's tokens puts these bytes first and gets exactly ``np.save``'s file."""
+    buf = io.BytesIO()
+    npy_format.write_array_header_1_0(buf, {"descr": npy_format.dtype_to_descr(np.dtype(dtype)),
+                                            "fortran_order": False, "shape": (count,)})
+    return buf.getvalue()
+
+
+def decode_tokens(sample: Mapping[str, Any], vocab_size: int | None = None) -> np.ndarray:
+    """The token array of a sample read back by webdataset's tar iterators.
+
+    With ``vocab_size`` (the manifest's), every id must lie in ``[0, vocab_size)``: an id beyond
+    the vocabulary would otherwise surface as a bare IndexError deep inside the model.
+    """
+    key = sample.get("__key__")
     if "tokens.npy" not in sample:
-        raise SampleFormatError(f"sample {sample.get('__key__')!r} has no tokens.npy "
+        raise SampleFormatError(f"sample {key!r} has no tokens.npy "
                                 f"(members: {sorted(k for k in sample if not k.startswith('__'))})")
     try:
         tokens = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise SampleFormatError(f"sample {sample.get('__key__')!r}: undecodable tokens.npy: {exc}") from None
+        raise SampleFormatError(f"sample {key!r}: undecodable tokens.npy: {exc}") from None
     if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
-        raise SampleFormatError(f"sample {sample.get('__key__')!r}: tokens.npy must be a 1-D integer "
+        raise SampleFormatError(f"sample {key!r}: tokens.npy must be a 1-D integer "
                                 f"array, got {tokens.dtype} {tokens.shape}")
+    if vocab_size is not None and tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        bad = int(tokens[(tokens < 0) | (tokens >= vocab_size)][0])
+        raise SampleFormatError(f"sample {key!r}: token id {bad} is outside the manifest's "
+                                f"vocabulary [0, {vocab_size})")
     return tokens
 
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from ..config import ConfigError
-    from ..data import ManifestError
+    from ..data import CorruptShardError, ManifestError
     from ..rundir import CheckpointError, RunDir
     from .extrapolation import evaluate_run, markdown_table
     if not RunDir(args.run).config.is_file():
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_run(args.run, tag=args.checkpoint, lengths=args.lengths, manifest=args.data,
                               split=args.split, max_tokens=args.max_tokens, resolutions=args.resolutions,
                               max_images=args.max_images, out=args.out)
-    except (ConfigError, ManifestError, CheckpointError, ValueError) as error:
+    except (ConfigError, ManifestError, CheckpointError, CorruptShardError, ValueError) as error:
         print(f"megaseqpe-eval: error: {error}", file=sys.stderr)
         return 2
     print(markdown_table(result), end="")

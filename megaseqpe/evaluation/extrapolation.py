@@ -16,6 +16,7 @@ import torch
 from ..config import Config, load_config
 from ..model.attention import check_backend
 from ..rundir import RunDir
+from ..safe_loading import enforce_weights_only
 from ..tasks import ExtrapolationRequest, build_task
 from ..tasks.language import default_lengths
 from .checkpoint_weights import load_weights
@@ -31,11 +32,12 @@ def evaluate_run(run_dir: Path, *, tag: Optional[str] = None, lengths: Optional[
     """Score the run's checkpoint `tag` (default: latest) and write the report (to RUN/eval, or to
     `out`). Text runs use `lengths` / `max_tokens`; image runs `resolutions` (image sides in pixels) /
     `max_images`. Data other than the run's (`manifest`) must have been made with the run's tokenizer."""
+    enforce_weights_only()  # before anything (ours or DeepSpeed's) loads a checkpoint file
     run = RunDir(run_dir)
-    config: Config = load_config(run.config)
+    tag = run.resolve_tag(tag)
+    config: Config = load_config(run.config_for(tag))
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_backend(config.model.attention_backend, cuda=device.type == "cuda", half_precision=False)
-    tag = run.resolve_tag(tag)
     state, step = load_weights(run, tag)
     task = build_task(config)
     task.check_data(manifest)

@@ -2,18 +2,20 @@
 
 Layout of a tag under RUN/checkpoints/ (see `megaseqpe.rundir`):
     step_00000100/            DeepSpeed's files for the tag, plus
-        rank_00000.pt         each rank's data-loader position and RNG states
+        rank_00000.json       each rank's data-loader position and RNG states (JSON: no pickle)
         trainer.json          step counters and the world size that wrote it
+        config.yaml           the resolved config that wrote it (compared on resume)
         COMPLETE              written last, after every rank finished writing
 
 A different number of processes resumes through DeepSpeed's universal checkpoint, converted here
-on first use with:
-    python -m deepspeed.checkpoint.ds_to_universal --input_folder RUN/checkpoints/TAG \\
-        --output_folder RUN/checkpoints/TAG_universal
+on first use with `python -m megaseqpe.training.universal` (DeepSpeed's ds_to_universal with
+weights-only loading). Every torch file of a tag is checked by the restricted unpickler before
+DeepSpeed opens it (`megaseqpe.safe_loading`).
 """
 from __future__ import annotations
 
 import itertools
+import errno
 import json
 import os
 import random
@@ -21,15 +23,21 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from .. import safe_loading
+from ..config import Config, ConfigError, dump_config, load_config
 from ..rundir import COMPLETE, UNIVERSAL_SUFFIX, CheckpointError, RunDir
+from .resume_policy import resume_changes
 
 __all__ = ["CheckpointError", "Checkpointer", "TrainingState"]
+
+_NEARLY_FULL = 1 << 20  # bytes free below which a failed write is put down to a full disk
 
 
 def _write_atomically(path, data: bytes) -> None:
@@ -39,18 +47,25 @@ def _write_atomically(path, data: bytes) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as JSON-able lists (a pickle could carry code; these cannot)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state().tolist(),
+             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "python": [version, list(internal), gauss]}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
 
 
 @dataclass
@@ -87,61 +102,113 @@ class TrainingState:
         return itertools.chain([first], data)
 
 
+def _is_disk_full(error: BaseException, where: Path) -> bool:
+    """ENOSPC/EDQUOT in the chain, or (torch's zip writer reports a full disk only as a position
+    mismatch) next to no space left under `where` after the failure."""
+    while error is not None:
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return shutil.disk_usage(where).free < _NEARLY_FULL
+
+
 class Checkpointer:
-    def __init__(self, run: RunDir, rank: int, world_size: int, *, keep_last: int, save_every: int,
-                 max_steps: int) -> None:
-        self.run, self.rank, self.world_size, self.keep_last = run, rank, world_size, keep_last
-        self.save_every, self.max_steps = save_every, max_steps
+    """Saves and restores the run's checkpoint tags; owns the save interval and the pruning."""
+
+    def __init__(self, run: RunDir, rank: int, world_size: int, config: Config) -> None:
+        self.run, self.rank, self.world_size, self.config = run, rank, world_size, config
+        self.protected: Optional[str] = None  # kept whatever keep_last says (see protect_before)
 
     def should_save(self, step: int) -> bool:
-        return step % self.save_every == 0 or step == self.max_steps
+        return step % self.config.train.save_every == 0 or step == self.config.train.max_steps
 
     # ------------------------------------------------------------------ save
     def save(self, engine, state: TrainingState, rank_state: dict[str, Any]) -> str:
         """Write a tag for `state.step`: DeepSpeed's files, each rank's `rank_state`, then (rank 0,
-        once every rank is done) the counters, COMPLETE and `latest`; prune old tags."""
+        once every rank is done) the config, the counters, COMPLETE and `latest`; prune old tags.
+        A full disk removes the partial tag and raises CheckpointError saying so."""
         tag = self.run.tag_for(state.step)
+        tag_dir = self.run.tag_dir(tag)
+        try:
+            self._write_tag(engine, state, rank_state, tag)
+        except (OSError, RuntimeError) as error:
+            if not _is_disk_full(error, self.run.checkpoints):
+                raise
+            shutil.rmtree(tag_dir, ignore_errors=True)
+            raise CheckpointError(f"disk full while writing checkpoint {tag_dir}: the partial tag was removed; "
+                                  f"free space under {self.run.checkpoints} and rerun to resume from "
+                                  f"{self.run.newest_complete_tag() or 'the start'}") from None
+        return tag
+
+    def _write_tag(self, engine, state: TrainingState, rank_state: dict[str, Any], tag: str) -> None:
+        tag_dir = self.run.tag_dir(tag)
+        if self.rank == 0:  # a tag written again (a rerun after a divergence) is incomplete until done
+            (tag_dir / COMPLETE).unlink(missing_ok=True)
         engine.save_checkpoint(str(self.run.checkpoints), tag=tag, save_latest=False,
                                client_state={"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}})
-        tag_dir = self.run.tag_dir(tag)
-        tmp = tag_dir / f"rank_{self.rank:05d}.pt.tmp"
-        torch.save(rank_state, tmp)
-        os.replace(tmp, tag_dir / f"rank_{self.rank:05d}.pt")
+        _write_atomically(tag_dir / f"rank_{self.rank:05d}.json", json.dumps(rank_state).encode())
         dist.barrier()  # every rank has written everything for this tag
         if self.rank == 0:
             trainer = {**state.counters(), "world_size": self.world_size}
+            _write_atomically(tag_dir / "config.yaml", dump_config(self.config).encode())
             _write_atomically(tag_dir / "trainer.json", json.dumps(trainer).encode())
             _write_atomically(tag_dir / COMPLETE, b"")
             _write_atomically(self.run.latest, tag.encode())
             self._prune(keep=tag)
         dist.barrier()
-        return tag
 
     def _prune(self, keep: str) -> None:
         complete = [p for p in self.run.tags() if (p / COMPLETE).exists()]
-        for old in complete[:-self.keep_last]:
-            if old.name != keep:
+        for old in complete[:-self.config.train.keep_last]:
+            if old.name not in (keep, self.protected):
                 shutil.rmtree(old, ignore_errors=True)
                 shutil.rmtree(self.run.tag_dir(old.name + UNIVERSAL_SUFFIX), ignore_errors=True)
 
+    def protect_before(self, step: Optional[int]) -> Optional[str]:
+        """Keep the newest complete tag from before `step` (the first bad step of a divergence)
+        until `protect_before(None)`; returns its name (None if there is none)."""
+        earlier = [p.name for p in self.run.tags() if (p / COMPLETE).exists() and int(p.name.split("_")[1]) < step] \
+            if step is not None else []
+        self.protected = earlier[-1] if earlier else None
+        return self.protected
+
+    def point_latest_at_protected(self) -> None:
+        """After an abort: a rerun resumes from before the divergence, not from inside it."""
+        if self.rank == 0 and self.protected is not None:
+            _write_atomically(self.run.latest, self.protected.encode())
+
     # ------------------------------------------------------------------ resume
-    def restore(self, build_engine: Callable[[bool], Any]) -> tuple[Any, TrainingState]:
+    def restore(self, build_engine: Callable[[bool], Any]) -> tuple[Any, TrainingState, list[str]]:
         """Build the engine (`build_engine(load_universal)`) and, when the run has a complete tag,
         resume from it: converted to a universal checkpoint first if the world size changed.
-        Returns the engine and where training stands (a fresh `TrainingState` for a new run)."""
+        Returns the engine, where training stands (a fresh `TrainingState` for a new run) and
+        the log lines of the config keys this resume changes (CheckpointError if one may not)."""
         tag = self.run.newest_complete_tag()
         if tag is None:
-            return build_engine(False), TrainingState()
+            return build_engine(False), TrainingState(), []
         trainer = self._read_counters(tag)
         same_world = trainer.get("world_size") == self.world_size
+        changes = self._compare_config(tag, same_world)
+        safe_loading.verify_files(self.run.tag_dir(tag))
         load_tag = tag if same_world else tag + UNIVERSAL_SUFFIX
         if not same_world:
             self._convert_to_universal(tag, load_tag)
+            safe_loading.verify_files(self.run.tag_dir(load_tag))  # converted earlier, maybe altered since
         engine = build_engine(not same_world)
         self._load_engine(engine, load_tag)
         state = TrainingState(trainer["step"], trainer["micro_step"], trainer["skipped_steps"], tag,
                               self._load_rank_state(tag) if same_world else None)
-        return engine, state
+        return engine, state, changes
+
+    def _compare_config(self, tag: str, same_world: bool) -> list[str]:
+        path = self.run.tag_dir(tag) / "config.yaml"
+        if not path.exists():
+            return [f"checkpoint {tag} carries no config (written by an older megaseqpe): not compared"]
+        try:
+            saved = load_config(path)
+        except ConfigError as error:
+            raise CheckpointError(f"checkpoint {path}: {error}") from None
+        return resume_changes(saved, self.config, same_world=same_world, tag=tag)
 
     def _read_counters(self, tag: str) -> dict[str, Any]:
         try:
@@ -154,7 +221,7 @@ class Checkpointer:
         target = self.run.tag_dir(target_tag)
         if self.rank == 0 and not (target / COMPLETE).exists():
             shutil.rmtree(target, ignore_errors=True)
-            command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+            command = [sys.executable, "-m", "megaseqpe.training.universal",
                        "--input_folder", str(self.run.tag_dir(tag)), "--output_folder", str(target)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
@@ -174,8 +241,8 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {where} could not be loaded")
 
     def _load_rank_state(self, tag: str) -> dict[str, Any]:
-        rank_file = self.run.tag_dir(tag) / f"rank_{self.rank:05d}.pt"
+        rank_file = self.run.tag_dir(tag) / f"rank_{self.rank:05d}.json"
         try:
-            return torch.load(rank_file, weights_only=False)
-        except Exception as error:
-            raise CheckpointError(f"checkpoint {rank_file}: unreadable: {type(error).__name__}: {error}") from error
+            return json.loads(rank_file.read_text())
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {rank_file}: unreadable: {type(error).__name__}: {error}") from None

@@ -24,15 +24,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         return _print_config(args.config, args.overrides)
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
-    from ..data import ManifestError, NotEnoughShardsError
+    from ..data import CorruptShardError, DataStreamMismatch, ManifestError, NotEnoughShardsError
     from ..rundir import CheckpointError
-    from .loop import TrainingAborted, train
+    from .divergence import TrainingAborted
+    from .lifecycle import StaleBuildLockError
+    from .loop import train
+    from .run_lock import RunLockedError
     try:
         config = load_config(args.config, args.overrides)
         if not config.data.manifest:
             raise ConfigError("data.manifest: not set (the manifest.json written by megaseqpe-prep shards)")
         code = train(config)
-    except (ConfigError, ManifestError, NotEnoughShardsError, CheckpointError) as error:
+    except (ConfigError, ManifestError, NotEnoughShardsError, CheckpointError, CorruptShardError,
+            DataStreamMismatch, RunLockedError, StaleBuildLockError) as error:
         print(f"megaseqpe-train: error: {error}", file=sys.stderr)
         return 2
     except TrainingAborted as error:

@@ -138,3 +138,16 @@ def optimizer_step(engine) -> tuple[bool, Optional[float]]:
 def _parameter_grad_norm(engine) -> Optional[torch.Tensor]:
     grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads) if grads else None
+
+
+def apply_optimisation(engine, config: Config) -> None:
+    """After a resume, the optimiser settings of `config` rather than the checkpoint's: DeepSpeed
+    restores the saved parameter groups and the scheduler's base learning rates, which would
+    silently keep the old lr, betas and weight decay. The schedule goes on from the saved step.
+    (The clip value is DeepSpeed's `gradient_clipping`, read from the new config at start-up.)"""
+    train, scheduler = config.train, engine.lr_scheduler
+    scheduler.base_lrs = [train.lr for _ in scheduler.base_lrs]
+    lr = train.lr * lr_multiplier(scheduler.last_epoch, config)
+    # The groups are in parameter_groups' order: matrices that decay, then everything else.
+    for group, weight_decay in zip(engine.optimizer.param_groups, (train.weight_decay, 0.0)):
+        group.update(lr=lr, initial_lr=train.lr, betas=tuple(train.betas), weight_decay=weight_decay)

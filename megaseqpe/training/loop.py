@@ -7,8 +7,13 @@ type's name: the position module returns its own losses with its signal.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import signal
+import sys
+import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -16,20 +21,22 @@ import torch.distributed as dist
 
 from ..config import Config, save_config
 from ..model.attention import check_backend
-from ..positions import build_step_planner
+from ..positions import StepPlanner, build_step_planner
 from ..rundir import RunDir
-from ..tasks import build_task
+from ..safe_loading import enforce_weights_only
+from ..tasks import Task, build_task
 from .checkpoint import Checkpointer, rng_state
-from .engine import build_engine, init_distributed, optimizer_step
+from .divergence import DivergenceGuard
+from .engine import apply_optimisation, build_engine, init_distributed, optimizer_step
 from .flops import FlopCounter, peak_flops
+from .launcher_env import detect as detect_environment
+from .lifecycle import check_stale_build_lock, exit_with_parent
 from .metrics import MetricsLogger, StepResult, Throughput
+from .run_lock import RunLock
 from .validation import Validator
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: checkpointed on a signal; requeue and run the same command
-
-
-class TrainingAborted(RuntimeError):
-    """Too many consecutive non-finite steps."""
+REQUEUE_FILE_ENV = "MEGASEQPE_REQUEUE_FILE"  # set by slurm/train.sbatch: written after that checkpoint
 
 
 def _all_ranks_agree(value: bool, device: torch.device, op: dist.ReduceOp) -> bool:
@@ -40,14 +47,17 @@ def _all_ranks_agree(value: bool, device: torch.device, op: dist.ReduceOp) -> bo
 
 
 class StopRequest:
-    """SIGTERM / SIGUSR1 (preemption, time limit) ask for a checkpoint and a requeue exit."""
+    """SIGTERM / SIGUSR1 (preemption, time limit) and SIGINT (Ctrl-C) ask for a checkpoint and a
+    requeue exit at the next step boundary; a second SIGINT interrupts at once."""
 
     def __init__(self) -> None:
         self.flag = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.flag:
+            raise KeyboardInterrupt
         self.flag = True
 
     def agreed(self, device: torch.device) -> bool:
@@ -55,35 +65,44 @@ class StopRequest:
         return _all_ranks_agree(self.flag, device, dist.ReduceOp.MAX)
 
 
+def startup_checks(config: Config) -> tuple[Task, StepPlanner]:
+    """The run's task and step planner, built as checks that need no process group: a bad setting
+    fails before anything starts or is written."""
+    task = build_task(config)
+    task.check_data()
+    planner = build_step_planner(config, task.position_extents)
+    check_backend(config.model.attention_backend, cuda=torch.cuda.is_available(),
+                  half_precision=config.train.precision in ("bf16", "fp16"))
+    return task, planner
+
+
 class Trainer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, task: Task, planner: StepPlanner) -> None:
         self.config, train = config, config.train
-        # Start-up checks that need no process group: a bad setting fails before anything starts.
-        self.task = build_task(config)
-        self.task.check_data()
-        self.planner = build_step_planner(config, self.task.position_extents)
-        check_backend(config.model.attention_backend, cuda=torch.cuda.is_available(),
-                      half_precision=train.precision in ("bf16", "fp16"))
+        self.task, self.planner = task, planner
         self.rank, self.world_size, local_rank = init_distributed()
         self.device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         run = RunDir(config.run.dir)
-        if self.rank == 0:
-            run.path.mkdir(parents=True, exist_ok=True)
-            save_config(config, run.config)
         torch.manual_seed(train.seed)  # identical initial weights on every rank
         model = self.task.build_model()
-        self.checkpointer = Checkpointer(run, self.rank, self.world_size, keep_last=train.keep_last,
-                                         save_every=train.save_every, max_steps=train.max_steps)
-        self.engine, self.state = self.checkpointer.restore(
+        self.checkpointer = Checkpointer(run, self.rank, self.world_size, config)
+        self.engine, self.state, changes = self.checkpointer.restore(
             lambda universal: build_engine(model, config, self.world_size, load_universal=universal))
+        if self.state.tag is not None:
+            apply_optimisation(self.engine, config)
+        if self.rank == 0:  # only now: a refused resume leaves the run's config as it was
+            run.path.mkdir(parents=True, exist_ok=True)
+            save_config(config, run.config)
         self.loader = self.task.build_loader(self.state.data_seed(train.seed), self.rank, self.world_size)
         self.validator = Validator(self.task, self.engine, self.device, self.rank, self.world_size,
                                    every=train.eval_every, max_batches=train.eval_batches, max_steps=train.max_steps)
         self.metrics = self._metrics_logger(run, model)
         self.tokens_per_micro = config.data.micro_batch_size * self.task.sequence_length * self.world_size
-        self.consecutive_bad = 0
+        self.guard = DivergenceGuard(train.max_bad_steps, self.checkpointer, self.metrics.write)
         if self.state.tag is not None:
             self.metrics.write(f"resumed from {self.state.tag} (step {self.state.step})")
+        for line in changes:
+            self.metrics.write(line)
 
     def _metrics_logger(self, run: RunDir, model: torch.nn.Module) -> MetricsLogger:
         flops = FlopCounter(model, self.config.model.n_layer, self.config.model.d_model, self.task.sequence_length)
@@ -108,7 +127,6 @@ class Trainer:
             if not _all_ranks_agree(bool(torch.isfinite(step_loss.loss)), self.device, dist.ReduceOp.MIN):
                 self._drop_micro_batch(result)
                 continue
-            self.consecutive_bad = 0
             self.engine.backward(step_loss.loss)
             stepped, norm = optimizer_step(self.engine)
             record = {name: value.item() for name, value in step_loss.parts.items()}
@@ -121,37 +139,35 @@ class Trainer:
     def _drop_micro_batch(self, result: StepResult) -> None:
         result.skipped += 1
         self.state.skipped_steps += 1
-        self.consecutive_bad += 1
-        limit, step = self.config.train.max_bad_steps, self.state.step
-        self.metrics.write(f"step {step}: non-finite loss, micro-batch skipped ({self.consecutive_bad} in a row)")
-        if self.consecutive_bad >= limit:
-            raise TrainingAborted(f"aborting: {self.consecutive_bad} non-finite steps in a row at step {step} "
-                                  f"(train.max_bad_steps={limit}); lower train.lr or check the data")
+        self.guard.bad(self.state.step + 1, "non-finite loss, micro-batch skipped")
 
     def _finish_step(self, result: StepResult, norm) -> StepResult:
         self.state.step += 1
         result.grad_norm = norm
         if norm is not None and not math.isfinite(norm):
             self.state.skipped_steps += 1
-            self.metrics.write(f"step {self.state.step}: non-finite gradient norm")
+            self.guard.bad(self.state.step, "non-finite gradient norm")
+        elif not self.engine.was_step_applied():
+            self.state.skipped_steps += 1
+            self.guard.bad(self.state.step, "step skipped by the optimizer (overflow)")
+        else:
+            self.guard.good()
         return result
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> int:
         """Train to `train.max_steps`; returns 0, or REQUEUE_EXIT_CODE after a stop request."""
         stop, train = StopRequest(), self.config.train
-        batches = self.state.start_stream(self.loader, train.seed, self.rank)
         try:
+            batches = self.state.start_stream(self.loader, train.seed, self.rank)
             while self.state.step < train.max_steps:
                 if stop.agreed(self.device):
-                    self._checkpoint()
-                    self.metrics.write(f"stop requested: checkpointed at step {self.state.step}, "
-                                       f"exiting {REQUEUE_EXIT_CODE}")
-                    return REQUEUE_EXIT_CODE
+                    return self._stop()
                 result = self.train_step(batches)
                 step = self.state.step
                 self.metrics.record_step(step, result, {"train/lr": self.engine.get_lr()[0],
-                                                        "train/skipped_steps": float(self.state.skipped_steps)})
+                                                        "train/skipped_steps": float(self.state.skipped_steps),
+                                                        "data/skipped_samples": float(self.loader.skipped_samples)})
                 if self.validator.should_validate(step):
                     self.metrics.log(step, self.validator.run())
                 if self.checkpointer.should_save(step):
@@ -160,11 +176,41 @@ class Trainer:
         finally:
             self.metrics.close()
 
+    def _stop(self) -> int:
+        """Checkpoint on a stop request and leave the requeue marker for the batch script: under
+        torchrun our exit code does not reach it (torchrun exits 1 whatever its ranks return)."""
+        self._checkpoint()
+        marker = os.environ.get(REQUEUE_FILE_ENV)
+        if marker and self.rank == 0:
+            record = {"step": self.state.step, "tag": self.checkpointer.run.tag_for(self.state.step),
+                      "time": time.time()}
+            Path(marker).parent.mkdir(parents=True, exist_ok=True)
+            Path(marker).write_text(json.dumps(record) + "\n")
+        self.metrics.write(f"stop requested: checkpointed at step {self.state.step}, exiting {REQUEUE_EXIT_CODE}")
+        return REQUEUE_EXIT_CODE
+
     def _checkpoint(self) -> None:
         tag = self.checkpointer.save(self.engine, self.state, {"data": self.loader.state_dict(), "rng": rng_state()})
         self.metrics.write(f"saved checkpoint {tag}")
 
 
 def train(config: Config) -> int:
-    """Train (or resume) the run of `config`; returns the process exit code."""
-    return Trainer(config).fit()
+    """Train (or resume) the run of `config`; returns the process exit code.
+
+    Before any process group exists: every `torch.load` becomes weights-only, the rank is tied
+    to its launcher (no orphans training on), the start-up checks run, then rank 0 takes the run
+    directory's lock (one writer per run; RunLockedError otherwise) and a stale DeepSpeed build
+    lock fails instead of hanging."""
+    enforce_weights_only()
+    exit_with_parent()
+    task, planner = startup_checks(config)
+    lock = RunLock(config.run.dir) if detect_environment().rank == 0 else None
+    warning = lock.acquire() if lock else None
+    try:
+        if warning:
+            print(f"megaseqpe-train: warning: {warning}", file=sys.stderr, flush=True)
+        check_stale_build_lock()
+        return Trainer(config, task, planner).fit()
+    finally:
+        if lock:
+            lock.release()

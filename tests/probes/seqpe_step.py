@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 
 from megaseqpe.config import load_config
-from megaseqpe.training.loop import Trainer
+from megaseqpe.training.loop import Trainer, startup_checks
 
 config_path, out = sys.argv[1], Path(sys.argv[2])
-trainer = Trainer(load_config(config_path))
+config = load_config(config_path)
+trainer = Trainer(config, *startup_checks(config))
 position = trainer.engine.module.position
 passes, samples, teacher_embeddings = [], [], []
 position.encoder.register_forward_hook(lambda module, args, output: passes.append(1))
