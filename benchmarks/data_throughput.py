@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data_prep.cli import main as prep_main  # noqa: E402
-from data_prep.corpus import SkipLog, read_documents  # noqa: E402
+from data_prep.corpus import read_documents  # noqa: E402
+from data_prep.skips import SkipLog  # noqa: E402
 from megaseqpe.data import build_train_loader, load_manifest, stdlib_sources  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "data_throughput.json"

@@ -14,11 +14,13 @@ from typing import NoReturn, Sequence
 from megaseqpe.data import stdlib_sources
 from megaseqpe.data.demo_corpus import first_files
 
-from .corpus import SkipLog, discover_files, read_documents
+from .corpus import read_documents
+from .discovery import discover_files, input_root
 from .errors import UserError
 from .images import build_image_shards, digits_source, folder_source, image_summary, mnist_source, npz_source
 from .outputs import TMP_SUFFIX, prepare_output_dir
 from .shards import build_shards, split_summary
+from .skips import SkipLog
 from .tokenizer import MODEL_NAME, MODEL_TYPES, VOCAB_NAME, load_tokenizer, train_tokenizer
 
 PROG = "megaseqpe-prep"
@@ -59,12 +61,15 @@ def _input_arguments() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("inputs")
     group.add_argument("--input", nargs="+", action="extend", default=[], metavar="PATH",
-                       help="files or directories (recursed); plain text is one document per "
-                            "file, .jsonl one per line; .gz of either is read transparently")
+                       help="files or directories (recursed), told apart by content, not name: "
+                            "plain text or Markdown (one document per file); JSON Lines, a JSON "
+                            "array of records, Parquet, Arrow IPC and Hugging Face save_to_disk "
+                            "folders (one document per record); gzip/zstd/xz/bz2 of any")
     group.add_argument("--glob", action="append", default=[], metavar="PATTERN",
                        help="keep only files inside directories whose name or relative path "
                             "matches (repeatable), e.g. --glob '*.py'")
-    group.add_argument("--text-key", default="text", help="JSON key of the text in .jsonl lines")
+    group.add_argument("--text-key", default="text",
+                       help="field (JSON key, Parquet/Arrow column) holding a record's text")
     group.add_argument("--stdlib-corpus", action="store_true",
                        help="add the embedded demo corpus: Python's standard library sources")
     group.add_argument("--max-files", type=_positive, metavar="N",
@@ -114,7 +119,8 @@ def _add_shards_command(sub, common: argparse.ArgumentParser) -> None:
                     help="tokenizer.model from `megaseqpe-prep tokenizer`")
     sh.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     sh.add_argument("--val-fraction", type=_fraction, default=0.01, metavar="F",
-                    help="share of documents for validation, chosen by a stable hash of the key")
+                    help="share of documents for validation, chosen by a stable hash of the "
+                         "document's path below the inputs' root and its index there")
     sh.add_argument("--shard-tokens", type=_positive, default=10_000_000, metavar="N",
                     help="start a new shard after about N tokens")
     sh.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, metavar="N",
@@ -145,24 +151,26 @@ def _add_images_command(sub) -> None:
                     help="replace manifest.json and shards of an earlier run in DIR")
 
 
-def _input_files(args: argparse.Namespace, skips: SkipLog) -> list[Path]:
+def _input_files(args: argparse.Namespace, skips: SkipLog) -> tuple[list[Path], Path]:
+    """The input files in order and the root their documents are named below."""
     if not args.input and not args.stdlib_corpus:
         raise UserError("no input: give --input PATH... or --stdlib-corpus")
     files = discover_files(args.input, args.glob, skips)
-    if args.stdlib_corpus:
-        files += [f for f in stdlib_sources() if str(f) not in {str(p) for p in files}]
+    stdlib = stdlib_sources() if args.stdlib_corpus else []
+    found = {str(p) for p in files}
+    files += [f for f in stdlib if str(f) not in found]
     files = first_files(files, args.max_files, args.max_bytes)
     if not files:
         raise UserError(f"no input files found in {' '.join(args.input)}"
                         + (f" matching {' / '.join(args.glob)}" if args.glob else ""))
-    return files
+    return files, input_root([*args.input, *stdlib])
 
 
 def _run_tokenizer(args: argparse.Namespace) -> None:
     skips = SkipLog()
-    files = _input_files(args, skips)
+    files, root = _input_files(args, skips)
     prepare_output_dir(args.out, [MODEL_NAME, VOCAB_NAME], args.overwrite)
-    model, splits = train_tokenizer(read_documents(files, skips, args.text_key), args.out,
+    model, splits = train_tokenizer(read_documents(files, skips, args.text_key, root), args.out,
                                     vocab_size=args.vocab_size, model_type=args.model_type,
                                     max_sentences=args.max_sentences,
                                     character_coverage=args.character_coverage, seed=args.seed)
@@ -177,10 +185,10 @@ def _run_tokenizer(args: argparse.Namespace) -> None:
 
 def _run_shards(args: argparse.Namespace) -> None:
     skips = SkipLog()
-    files = _input_files(args, skips)
+    files, root = _input_files(args, skips)
     processor = load_tokenizer(args.tokenizer)
     prepare_output_dir(args.out, ["manifest.json", "train", "val"], args.overwrite)
-    manifest = build_shards(read_documents(files, skips, args.text_key), skips, len(files),
+    manifest = build_shards(read_documents(files, skips, args.text_key, root), skips, len(files),
                             tokenizer=args.tokenizer, processor=processor, out=args.out,
                             val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,
                             workers=args.workers)

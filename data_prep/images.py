@@ -18,7 +18,8 @@ import numpy as np
 import megaseqpe
 from megaseqpe.data import ImageInfo, InputsInfo, Manifest, SplitInfo, encode_image_sample
 
-from .corpus import SkipLog, sample_key
+from .corpus import sample_key
+from .skips import SkipLog
 from .errors import UserError
 from .outputs import write_json_atomic
 from .shard_writer import SplitShardWriter

@@ -8,7 +8,9 @@ is encoded as bounded pieces cut at line or word boundaries (SentencePiece segme
 independently, so its tokens barely change) and stays one sample with one EOS: its token pieces
 are streamed into the shard (:meth:`SplitShardWriter.write_document`), so memory stays flat
 however long a document is. A document goes to ``val`` when a hash of its key falls below
-``val_fraction``: the split never changes between runs, nor when other documents are added.
+``val_fraction``: the split never changes between runs, nor when other documents are added. The
+key hashes the document's input name (its path below the inputs' root, never an absolute path)
+and its index there, so the split, and every shard byte, stay the same when the corpus moves.
 """
 from __future__ import annotations
 
@@ -30,10 +32,11 @@ from tqdm import tqdm
 import megaseqpe
 from megaseqpe.data import InputsInfo, Manifest, SplitInfo, TokenizerInfo, token_dtype
 
-from .corpus import Document, FileDocument, SkipLog
+from .corpus import Document, FileDocument
 from .errors import UserError
 from .outputs import write_json_atomic
 from .shard_writer import SplitShardWriter
+from .skips import SkipLog
 from .tokenizer import file_sha256
 
 BATCH_BYTES = 1 << 16  # text per task: amortises IPC, yet keeps every worker busy

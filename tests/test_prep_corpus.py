@@ -13,14 +13,17 @@ from pathlib import Path
 import sentencepiece as spm
 
 from data_prep.cli import main as prep_main
-from data_prep.corpus import SkipLog, discover_files, read_documents
-from megaseqpe.data import MAX_SKIP_EXAMPLES, decode_meta, decode_tokens, iter_raw_samples, load_manifest
+from data_prep.corpus import read_documents
+from data_prep.discovery import discover_files
+from data_prep.skips import SkipLog
+from megaseqpe.data import MAX_SKIP_EXAMPLES, SKIP_REASONS, decode_meta, decode_tokens, iter_raw_samples, load_manifest
 
 GOOD_TEXT = "def hello():\n    return 'wörld'\n"
 
 
 def make_bad_corpus(root: Path) -> dict[tuple[str, int], str]:
-    """One file of each bad kind plus good text/.jsonl/.jsonl.gz; returns the good documents."""
+    """One file of each bad kind plus good text/.jsonl/.jsonl.gz; returns the good documents by
+    (name below ``root``, index)."""
     root.mkdir()
     (root / "good.txt").write_text(GOOD_TEXT, encoding="utf-8")
     (root / "empty.txt").write_text("")
@@ -33,12 +36,12 @@ def make_bad_corpus(root: Path) -> dict[tuple[str, int], str]:
     (root / "docs.jsonl").write_text("\n".join(lines) + "\n")
     (root / "more.jsonl.gz").write_bytes(gzip.compress(
         (json.dumps({"text": "gz one"}) + "\n" + json.dumps({"text": "gz two"}) + "\n").encode()))
-    return {(str(root / "good.txt"), 0): GOOD_TEXT,
-            (str(root / "docs.jsonl"), 0): "first line doc", (str(root / "docs.jsonl"), 1): "second",
-            (str(root / "more.jsonl.gz"), 0): "gz one", (str(root / "more.jsonl.gz"), 1): "gz two"}
+    return {("good.txt", 0): GOOD_TEXT, ("docs.jsonl", 0): "first line doc", ("docs.jsonl", 1): "second",
+            ("more.jsonl.gz", 0): "gz one", ("more.jsonl.gz", 1): "gz two"}
 
 
-EXPECTED_SKIPS = {"empty": 1, "binary": 1, "bad_utf8": 1, "unreadable": 1, "corrupt": 2}
+EXPECTED_SKIPS = {**dict.fromkeys(SKIP_REASONS, 0), "empty": 1, "binary": 1, "bad_utf8": 1, "unreadable": 1,
+                  "corrupt": 2}
 
 
 def test_each_bad_kind_is_counted(tmp_path: Path) -> None:
@@ -99,8 +102,8 @@ def test_glob_and_text_key(tmp_path: Path) -> None:
                                                                          tmp_path / "sub" / "a.py"]
     skips = SkipLog()
     docs = list(read_documents([tmp_path / "c.jsonl"], skips, text_key="body"))
-    assert [d.text for d in docs] == ["c"] and skips.counts["corrupt"] == 1
-    assert "c.jsonl:2: no string 'body' key" in skips.examples[0]
+    assert [d.text for d in docs] == ["c"] and skips.counts["missing_key"] == skips.total == 1
+    assert "c.jsonl:2: no 'body' key" in skips.examples[0]
 
 
 def test_symlinked_directories_are_followed_and_loops_counted(tmp_path: Path, data_tokenizer: Path) -> None:

@@ -10,7 +10,8 @@ import pytest
 import sentencepiece as spm
 
 from data_prep.cli import main as prep_main
-from data_prep.corpus import LARGE_FILE_BYTES, PIECE_CHARS, FileDocument, SkipLog, read_documents, split_text
+from data_prep.corpus import LARGE_FILE_BYTES, PIECE_CHARS, FileDocument, read_documents, split_text
+from data_prep.skips import SkipLog
 from data_prep.tokenizer import SENTENCE_CHARS, LineSplits
 from megaseqpe.data import decode_tokens, iter_raw_samples, load_manifest
 
@@ -75,7 +76,7 @@ def test_large_file_is_checked_and_read_in_pieces(tmp_path: Path, tail: bytes, r
     if reason:
         assert documents == [] and skips.examples == [f"{path}: {reason.format(len(body) + at)}"]
         return
-    assert documents == [FileDocument(str(path))] and skips.total == 0
+    assert documents == [FileDocument("one-line.txt", str(path))] and skips.total == 0
     pieces = list(documents[0].pieces())
     assert len(pieces) > 1 and max(map(len, pieces)) <= PIECE_CHARS
     assert all(piece.startswith(" ") for piece in pieces[1:])

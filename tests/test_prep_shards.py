@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from data_prep.discovery import input_root
 from data_prep.shards import is_val
 from megaseqpe.data import decode_meta, decode_tokens, iter_raw_samples, load_manifest, token_dtype
 
@@ -26,15 +27,16 @@ def test_round_trip_every_document(data_manifest: Path, data_tokenizer: Path,
                                    data_corpus_files: list[Path]) -> None:
     """Decoding a document's tokens gives its file's text exactly; every good file is there."""
     sp = spm.SentencePieceProcessor(model_file=str(data_tokenizer))
+    root = input_root(data_corpus_files)
     seen = {}
     for _, _, sample in _samples(data_manifest):
         meta = decode_meta(sample)
         tokens = decode_tokens(sample)
         assert tokens.dtype == np.uint16
-        assert sp.decode(tokens.tolist()) == Path(meta["source"]).read_text(encoding="utf-8")
+        assert sp.decode(tokens.tolist()) == (root / meta["source"]).read_text(encoding="utf-8")
         assert meta["index"] == 0
         seen[meta["source"]] = sample["__key__"]
-    non_empty = {str(f) for f in data_corpus_files if f.read_text().strip()}
+    non_empty = {f.relative_to(root).as_posix() for f in data_corpus_files if f.read_text().strip()}
     assert set(seen) == non_empty
     assert len(set(seen.values())) == len(seen)  # keys unique
     manifest = load_manifest(data_manifest)
@@ -105,10 +107,11 @@ def test_bpe_tokenizer_round_trips(tmp_path: Path, data_corpus_files, data_build
     manifest = data_build_shards(files, tmp_path / "tok" / "tokenizer.model", tmp_path / "out",
                                  "--val-fraction", "0")
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tok" / "tokenizer.model"))
+    root = input_root(files)
     count = 0
     for split, _, sample in _samples(manifest):
         assert split == "train"
-        assert sp.decode(decode_tokens(sample).tolist()) == Path(decode_meta(sample)["source"]).read_text()
+        assert sp.decode(decode_tokens(sample).tolist()) == (root / decode_meta(sample)["source"]).read_text()
         count += 1
     assert count == load_manifest(manifest).inputs.documents > 0
     assert load_manifest(manifest).splits["val"].shards == ()

@@ -18,8 +18,10 @@ KIND_TEXT = "text"
 KIND_IMAGE = "image"
 KINDS = (KIND_TEXT, KIND_IMAGE)
 SPLITS = ("train", "val")
-#: Why an input (a file, or a line of a .jsonl file) was left out of the shards.
-SKIP_REASONS = ("empty", "binary", "bad_utf8", "unreadable", "corrupt")
+#: Why an input (a file, a dataset folder, or one record of a file of records) was left out of
+#: the shards. The last three came later: a manifest without them read them as 0.
+SKIP_REASONS = ("empty", "binary", "bad_utf8", "unreadable", "corrupt", "unsupported", "missing_key", "not_text")
+_LATER_SKIP_REASONS = frozenset(SKIP_REASONS[-3:])
 #: At most this many "path: reason" examples are kept in ``inputs.examples_skipped``.
 MAX_SKIP_EXAMPLES = 20
 
@@ -238,7 +240,8 @@ def manifest_from_dict(data: Any, root: Path, source: str = "manifest.json",
     inputs = InputsInfo(
         files_seen=r.count(inp, "inputs", "files_seen"),
         documents=r.count(inp, "inputs", "documents"),
-        skipped={reason: r.count(skipped_obj, "inputs.skipped", reason) for reason in SKIP_REASONS},
+        skipped={reason: r.count(skipped_obj, "inputs.skipped", reason)
+                 if reason in skipped_obj or reason not in _LATER_SKIP_REASONS else 0 for reason in SKIP_REASONS},
         examples_skipped=tuple(r.get(inp, "inputs", "examples_skipped", list)),
     )
     return Manifest(created_by=r.get(data, "", "created_by", str), tokenizer=tokenizer,

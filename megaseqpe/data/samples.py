@@ -1,9 +1,9 @@
 """The shard sample format: what one document looks like inside a WebDataset tar.
 
 A sample is ``<key>.tokens.npy`` (the document's token ids; uint16 when the vocabulary fits,
-else int32) and ``<key>.meta.json`` (``{"source": <absolute input path>, "index": <document's
-index within that file>}``). The writer and the readers both go through this module so the
-format lives in one place.
+else int32) and ``<key>.meta.json`` (``{"source": <input path below the inputs' root>, "index":
+<document's index within that input>}``). The writer and the readers both go through this module
+so the format lives in one place.
 """
 from __future__ import annotations
 
