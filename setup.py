@@ -36,6 +36,7 @@ setup(
             "megaseqpe-prep=data_prep.cli:main",
             "megaseqpe-train=megaseqpe.training.cli:main",
             "megaseqpe-eval=megaseqpe.evaluation.cli:main",
+            "megaseqpe-generate=megaseqpe.generation.cli:main",
         ],
     },
 )

@@ -35,11 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from _measure import write_result  # noqa: E402
 
-from megaseqpe.config import load_config  # noqa: E402
 from megaseqpe.data import eval_batches  # noqa: E402
-from megaseqpe.evaluation.checkpoint_weights import load_weights  # noqa: E402
-from megaseqpe.rundir import RunDir  # noqa: E402
-from megaseqpe.tasks import build_task  # noqa: E402
+from megaseqpe.evaluation.trained import load_trained  # noqa: E402
 
 VARIANTS = {
     "seqpe": ["position.type=seqpe"],
@@ -120,12 +117,9 @@ def prepare_images() -> None:
 
 
 def load_model(run_dir: Path):
-    run = RunDir(run_dir)
-    config = load_config(run.config)
-    model = build_task(config).build_model()
-    model.load_state_dict(load_weights(run, run.resolve_tag(None))[0])
-    model.eval().position.enable_extrapolation()
-    return config, model
+    trained = load_trained(run_dir, device=torch.device("cpu"))
+    trained.model.position.enable_extrapolation()
+    return trained.config, trained.model
 
 
 def analyse(run_dir: Path, length: int) -> dict:

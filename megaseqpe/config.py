@@ -310,6 +310,12 @@ class TrainConfig:
     """Complete checkpoints kept under RUN/checkpoints; older ones are deleted."""
     max_bad_steps: int = 5
     """Bad steps in a row before the run aborts: a non-finite loss (the micro-batch is skipped), a non-finite gradient norm, or a step the optimizer skipped. The last checkpoint from before the first of them is kept, whatever keep_last says."""
+    init_from: str = ""
+    """RUN or RUN/TAG (default tag: its latest): start a new run from that run's model weights (any ZeRO stage and
+    number of processes), with a fresh optimizer, schedule, step counter and data stream, and validate them at step 0.
+    The model and position keys must equal the source's (dropout, attention_backend, objectives may change; max_seq_len
+    too unless a learned table has that many rows). "" = random initial weights. A run with a checkpoint of its own
+    resumes from it instead."""
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "grad_accum_steps", "log_every", "eval_every", "save_every",

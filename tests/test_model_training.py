@@ -87,7 +87,7 @@ def test_baselines_reject_objective_positions():
         model(torch.zeros(1, 4, dtype=torch.long), objectives=sample)
 
 
-@pytest.mark.parametrize("package", ["model", "training", "evaluation", "tasks"])
+@pytest.mark.parametrize("package", ["model", "training", "evaluation", "tasks", "generation"])
 def test_models_trainer_and_evaluation_never_branch_on_the_position_type_name(package):
     """Only megaseqpe/positions/ (its registry) turns a position type's name into behaviour."""
     root = Path(megaseqpe.__file__).parent / package

@@ -13,14 +13,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..config import Config, load_config
-from ..model.attention import check_backend
 from ..rundir import RunDir
-from ..safe_loading import enforce_weights_only
-from ..tasks import ExtrapolationRequest, build_task
+from ..tasks import ExtrapolationRequest
 from ..tasks.language import default_lengths
-from .checkpoint_weights import load_weights
 from .report import markdown_table, write_report
+from .trained import load_trained
 
 __all__ = ["default_lengths", "evaluate_run", "markdown_table"]
 
@@ -32,22 +29,12 @@ def evaluate_run(run_dir: Path, *, tag: Optional[str] = None, lengths: Optional[
     """Score the run's checkpoint `tag` (default: latest) and write the report (to RUN/eval, or to
     `out`). Text runs use `lengths` / `max_tokens`; image runs `resolutions` (image sides in pixels) /
     `max_images`. Data other than the run's (`manifest`) must have been made with the run's tokenizer."""
-    enforce_weights_only()  # before anything (ours or DeepSpeed's) loads a checkpoint file
-    run = RunDir(run_dir)
-    tag = run.resolve_tag(tag)
-    config: Config = load_config(run.config_for(tag))
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_backend(config.model.attention_backend, cuda=device.type == "cuda", half_precision=False)
-    state, step = load_weights(run, tag)
-    task = build_task(config)
-    task.check_data(manifest)
-    model = task.build_model()
-    model.load_state_dict(state)
-    model.to(device).eval()
+    trained = load_trained(run_dir, tag, device, manifest)
+    config = trained.config
     request = ExtrapolationRequest(manifest=manifest or config.data.manifest, split=split or config.data.val_split,
-                                   device=device, lengths=lengths and list(lengths), max_tokens=max_tokens,
+                                   device=trained.device, lengths=lengths and list(lengths), max_tokens=max_tokens,
                                    resolutions=resolutions and list(resolutions), max_images=max_images)
-    result = {"position_type": config.position.type, "checkpoint": tag, "step": step}
-    result |= task.extrapolation(model, request)
-    write_report(run, result, out)
+    result = {"position_type": config.position.type, "checkpoint": trained.tag, "step": trained.step}
+    result |= trained.task.extrapolation(trained.model, request)
+    write_report(RunDir(run_dir), result, out)
     return result

@@ -5,6 +5,7 @@ from ..config import Config
 from ..positions import build_position_encoding
 from .attention import attention
 from .gpt import GPT, GPTOutput
+from .kv_cache import KVCache
 from .vit import ViT, ViTOutput
 
 
@@ -18,4 +19,4 @@ def build_vit(config: Config) -> ViT:
     return ViT(config.model, build_position_encoding(config))
 
 
-__all__ = ["GPT", "GPTOutput", "ViT", "ViTOutput", "attention", "build_gpt", "build_vit"]
+__all__ = ["GPT", "GPTOutput", "KVCache", "ViT", "ViTOutput", "attention", "build_gpt", "build_vit"]

@@ -11,6 +11,9 @@ scaled_dot_product_attention), `eager` (explicit softmax, the readable reference
   before the kernel, so every kernel sees ordinary q and k.
 - rotary: `(cos, sin)` rotate q and k before the kernel.
 - ALiBi: flash-attn takes the slopes; sdpa and eager add the (unavoidable) distance bias.
+
+With a `LayerCache` (generation), q holds the new tokens only and k, v are appended to the cache
+after the position terms above; queries are aligned to the last keys, as flash-attn aligns them.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
+from .kv_cache import LayerCache
 
 try:  # optional: the [gpu] extra
     from flash_attn import flash_attn_func
@@ -81,11 +85,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
               pe_q: Optional[torch.Tensor] = None, pe_k: Optional[torch.Tensor] = None,
               pe_scale: float = 1.0, q_mul: Optional[torch.Tensor] = None, k_mul: Optional[torch.Tensor] = None,
               rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-              alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0) -> torch.Tensor:
+              alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+              cache: Optional[LayerCache] = None) -> torch.Tensor:
     """Multi-head attention on q/k/v `[B, H, N, head_dim]` → `[B, H, N, head_dim]`.
 
     `scale` defaults to 1/sqrt(head_dim) of q *before* any SeqPE concatenation, as docs/method.md §1.3
-    applies it to the whole logit.
+    applies it to the whole logit. With `cache`, q, k and v are the new tokens' (the position
+    extras theirs too), and they attend to every cached key as well.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if (q_mul is None) != (k_mul is None):
@@ -100,6 +106,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if pe_q is not None:
         q = torch.cat([q, pe_scale * _heads_first(pe_q, q.shape[0]).to(q.dtype)], dim=-1)
         k = torch.cat([k, _heads_first(pe_k, k.shape[0]).to(k.dtype)], dim=-1)
+    if cache is not None:  # after the position terms, so that each cached key keeps its own
+        k, v = cache.append(k, v)
     kernel = _KERNELS[resolve_backend(backend, q)]
     return kernel(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes, dropout_p=dropout_p)
 
@@ -121,11 +129,12 @@ def _eager(q, k, v, *, causal, scale, alibi_slopes, dropout_p):
 
 
 def _sdpa(q, k, v, *, causal, scale, alibi_slopes, dropout_p):
-    mask = None
-    if alibi_slopes is not None:
-        mask = alibi_bias(alibi_slopes, q.shape[-2], k.shape[-2], q.device).to(q.dtype)
-        if causal:
-            mask = mask.masked_fill(_future(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    n_query, n_key = q.shape[-2], k.shape[-2]
+    mask = None if alibi_slopes is None else alibi_bias(alibi_slopes, n_query, n_key, q.device).to(q.dtype)
+    # torch's is_causal aligns the queries with the FIRST keys; behind a KV cache they are the last.
+    if causal and (mask is not None or n_query != n_key):
+        future = _future(n_query, n_key, q.device)
+        mask = ~future if mask is None else mask.masked_fill(future, float("-inf"))
     width = v.shape[-1]
     if width != q.shape[-1]:
         # Fused kernels (CPU and CUDA) need equal widths, else torch falls back to the math kernel,

@@ -17,6 +17,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..positions.base import AttentionExtras, PositionEncoding, PositionSignal, default_positions
 from .attention import attention
+from .kv_cache import KVCache, LayerCache
 
 
 class SelfAttention(nn.Module):
@@ -30,10 +31,10 @@ class SelfAttention(nn.Module):
         self.attention_dropout = config.attention_dropout
         self.residual_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, extras: AttentionExtras) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, extras: AttentionExtras, cache: Optional[LayerCache] = None) -> torch.Tensor:
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
-        y = attention(q, k, v, causal=self.causal, backend=self.backend,
+        y = attention(q, k, v, causal=self.causal, backend=self.backend, cache=cache,
                       dropout_p=self.attention_dropout if self.training else 0.0, **extras.as_kwargs())
         return self.residual_dropout(self.out(y.transpose(1, 2).reshape(batch, length, width)))
 
@@ -59,8 +60,8 @@ class Block(nn.Module):
         self.norm_mlp = nn.LayerNorm(config.d_model, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, extras: AttentionExtras) -> torch.Tensor:
-        x = x + self.attention(self.norm_attention(x), extras)
+    def forward(self, x: torch.Tensor, extras: AttentionExtras, cache: Optional[LayerCache] = None) -> torch.Tensor:
+        x = x + self.attention(self.norm_attention(x), extras, cache)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -101,21 +102,24 @@ class GPT(nn.Module):
         self.position = position
 
     def forward(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                targets: Optional[torch.Tensor] = None, objectives: Optional[Any] = None) -> GPTOutput:
+                targets: Optional[torch.Tensor] = None, objectives: Optional[Any] = None,
+                cache: Optional[KVCache] = None) -> GPTOutput:
         """tokens `[B, N]`; positions `[B|1, N, n_dims]` (default 0..N-1); targets `[B, N]`.
 
         `objectives` (a step plan's sample, opaque here) go to the position module with
-        `positions`; its losses come back in `position_signal.aux_losses`.
+        `positions`; its losses come back in `position_signal.aux_losses`. `cache` (generation)
+        holds the keys and values of the tokens before `tokens` and is extended in place; the
+        default positions then go on after them.
         """
         if positions is None:
-            positions = default_positions(tokens.shape[1], tokens.device)
+            positions = default_positions(tokens.shape[1], tokens.device, start=0 if cache is None else cache.length)
         signal = self.position(positions, objectives)
         x = self.token_embedding(tokens)
         if signal.input_embedding is not None:
             x = x + signal.input_embedding.to(x.dtype)
         x = self.dropout(x)
         for index, block in enumerate(self.blocks):
-            x = block(x, signal.for_layer(index))
+            x = block(x, signal.for_layer(index), None if cache is None else cache.layers[index])
         logits = self.lm_head(self.final_norm(x))
         loss = None
         if targets is not None:

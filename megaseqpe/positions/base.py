@@ -57,7 +57,13 @@ class AttentionExtras:
 
 @dataclass
 class PositionSignal:
-    """Everything a position scheme contributes to one forward pass."""
+    """Everything a position scheme contributes to one forward pass.
+
+    Every per-token term belongs to one token: its input embedding, its query's and its key's
+    extras (ALiBi's penalty is a distance, recomputed from the query and key counts). A KV cache
+    (`megaseqpe.model.kv_cache`) therefore keeps each key with its own terms applied, and a decoding
+    step asks for the signal of its new tokens only.
+    """
 
     input_embedding: Optional[torch.Tensor] = None  # [B|1, N, d_model], added to token embeddings
     layers: Sequence[AttentionExtras] = field(default_factory=list)  # one per layer, or one shared
@@ -114,9 +120,13 @@ class PositionEncoding(nn.Module):
         signal.layers = [extras.with_unpositioned_prefix(count) for extras in signal.layers]
         return signal
 
-    def enable_extrapolation(self) -> str:
-        """Accept positions beyond the training range from now on (evaluation) and say how they
-        are reached: "extend" (the scheme is defined there) or "interpolate" (a table is stretched)."""
+    def enable_extrapolation(self, length: Optional[int] = None) -> str:
+        """Accept positions beyond the training range from now on (evaluation, generation) and say how
+        they are reached: "extend" (the scheme is defined there) or "interpolate" (a table is stretched).
+
+        `length`, when known, is the longest sequence to come (a generation's prompt plus its new
+        tokens): a table is then stretched to it once, so that a sequence that grows token by token
+        reads the same position vectors at every step (each step would otherwise stretch it anew)."""
         return "extend"
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
@@ -140,8 +150,9 @@ def grid_positions(rows: int, cols: int, device: torch.device) -> torch.Tensor:
     return torch.stack(grid, dim=-1).view(1, rows * cols, 2)
 
 
-def default_positions(seq_len: int, device: torch.device, n_dims: int = 1) -> torch.Tensor:
-    """Positions `[1, seq_len, 1]` = 0 .. seq_len-1, shared by every row of a batch."""
+def default_positions(seq_len: int, device: torch.device, n_dims: int = 1, start: int = 0) -> torch.Tensor:
+    """Positions `[1, seq_len, 1]` = start .. start+seq_len-1, shared by every row of a batch (`start`:
+    the tokens already in a generation's KV cache)."""
     if n_dims != 1:
         raise ValueError(f"default positions are 1-D; pass explicit {n_dims}-D positions")
-    return torch.arange(seq_len, device=device).view(1, seq_len, 1)
+    return torch.arange(start, start + seq_len, device=device).view(1, seq_len, 1)

@@ -6,6 +6,7 @@ n-D positions by giving each dimension its own share of the channels (axial).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,8 @@ class LearnedAbsolute(PositionEncoding):
     """A learned table of `max_seq_len` vectors added to the token embeddings.
 
     A table cannot extend past its rows. After `enable_extrapolation()` (evaluation) a longer
-    sequence stretches it linearly instead; before, a longer sequence is an error.
+    sequence stretches it linearly instead, to the sequence's length or to the `length` announced
+    there (generation), whichever is larger; before, a longer sequence is an error.
     """
 
     def __init__(self, max_seq_len: int, d_model: int, n_dims: int = 1) -> None:
@@ -32,15 +34,15 @@ class LearnedAbsolute(PositionEncoding):
             raise ConfigError("position.n_dims: the learned table here is 1-D")
         self.table = nn.Embedding(max_seq_len, d_model)
         nn.init.normal_(self.table.weight, std=0.02)
-        self.interpolate = False
+        self.interpolate, self.stretch_to = False, 0
 
-    def enable_extrapolation(self) -> str:
-        self.interpolate = True
+    def enable_extrapolation(self, length: Optional[int] = None) -> str:
+        self.interpolate, self.stretch_to = True, length or 0
         return "interpolate"
 
     def signal(self, positions: torch.Tensor) -> PositionSignal:
         rows = self.table.num_embeddings
-        needed = int(positions.max()) + 1
+        needed = max(int(positions.max()) + 1, self.stretch_to)
         weight = self.table.weight
         if needed > rows:
             if not self.interpolate:
@@ -69,8 +71,8 @@ class LearnedGrid2D(PositionEncoding):
         nn.init.normal_(self.table.weight, std=0.02)
         self.interpolate = False
 
-    def enable_extrapolation(self) -> str:
-        self.interpolate = True
+    def enable_extrapolation(self, length: Optional[int] = None) -> str:
+        self.interpolate = True  # `length` counts 1-D tokens: a grid's size comes from its positions
         return "interpolate"
 
     def signal(self, positions: torch.Tensor) -> PositionSignal:

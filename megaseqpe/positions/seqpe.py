@@ -267,12 +267,18 @@ class SeqPE(PositionEncoding):
 
         The table is rebuilt only when a position falls outside it or a parameter changed
         (each in-place update, such as an optimizer step or a checkpoint load, bumps its version).
+        It grows to at least twice its extent in each dimension it overflows, so that a sequence
+        decoded token by token rebuilds it O(log length) times, not once per token.
         """
         check_encodable(positions, self.max_digits, self.encoder.base)
         needed = positions.reshape(-1, self.n_dims).amax(0) + 1
         key = (positions.device, torch.is_autocast_enabled(), tuple(p._version for p in self.parameters()))
         if self._table is None or self._table[0] != key or bool((needed > self._table[1]).any()):
-            extents = needed if self._table is None or self._table[0] != key else torch.maximum(needed, self._table[1])
+            extents = needed
+            if self._table is not None and self._table[0] == key:
+                old = self._table[1]
+                grown = torch.maximum(needed, 2 * old).clamp(max=self.coordinate_limit)
+                extents = torch.where(needed > old, grown, old)
             grid = torch.stack(torch.meshgrid(*[torch.arange(int(e), device=positions.device) for e in extents],
                                               indexing="ij"), dim=-1).reshape(-1, self.n_dims)
             embeddings = self.encoder(grid)

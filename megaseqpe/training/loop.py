@@ -29,6 +29,7 @@ from .checkpoint import Checkpointer, rng_state
 from .divergence import DivergenceGuard
 from .engine import apply_optimisation, build_engine, init_distributed, optimizer_step
 from .flops import FlopCounter, peak_flops
+from .init_from import weight_source
 from .launcher_env import detect as detect_environment
 from .lifecycle import check_stale_build_lock, exit_with_parent
 from .metrics import MetricsLogger, StepResult, Throughput
@@ -80,11 +81,14 @@ class Trainer:
     def __init__(self, config: Config, task: Task, planner: StepPlanner) -> None:
         self.config, train = config, config.train
         self.task, self.planner = task, planner
-        self.rank, self.world_size, local_rank = init_distributed()
-        self.device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         run = RunDir(config.run.dir)
+        self.source = weight_source(config, run, self.task)  # a fresh run's train.init_from, checked
         torch.manual_seed(train.seed)  # identical initial weights on every rank
         model = self.task.build_model()
+        # The source's weights go in before DeepSpeed partitions the model (ZeRO-3) or builds its copies.
+        source_step = self.source.load_into(model, config) if self.source else None
+        self.rank, self.world_size, local_rank = init_distributed()
+        self.device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         self.checkpointer = Checkpointer(run, self.rank, self.world_size, config)
         self.engine, self.state, changes = self.checkpointer.restore(
             lambda universal: build_engine(model, config, self.world_size, load_universal=universal))
@@ -100,7 +104,11 @@ class Trainer:
         self.tokens_per_micro = config.data.micro_batch_size * self.task.sequence_length * self.world_size
         self.guard = DivergenceGuard(train.max_bad_steps, self.checkpointer, self.metrics.write)
         if self.state.tag is not None:
-            self.metrics.write(f"resumed from {self.state.tag} (step {self.state.step})")
+            self.metrics.write(f"resumed from {self.state.tag} (step {self.state.step})"
+                               + (": train.init_from applies to a fresh run only" if train.init_from else ""))
+        if self.source:
+            self.metrics.write(f"initialised from {self.source.name} (step {source_step}): fresh optimizer, "
+                               "schedule, step counter and data stream")
         for line in changes:
             self.metrics.write(line)
 
@@ -159,6 +167,8 @@ class Trainer:
         """Train to `train.max_steps`; returns 0, or REQUEUE_EXIT_CODE after a stop request."""
         stop, train = StopRequest(), self.config.train
         try:
+            if self.source:  # the starting point on this run's validation data: what fine-tuning improves on
+                self.metrics.log(0, self.validator.run())
             batches = self.state.start_stream(self.loader, train.seed, self.rank)
             while self.state.step < train.max_steps:
                 if stop.agreed(self.device):

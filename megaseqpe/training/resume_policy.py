@@ -19,6 +19,7 @@ ADJUSTABLE = frozenset({
     "train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.save_every",
     "train.keep_last", "train.max_bad_steps", "data.on_corrupt", "data.val_split",
     "model.attention_backend", "run.dir",
+    "train.init_from",  # read by a fresh run only: a resumed one already holds its weights
 })
 OPTIMISATION = frozenset({
     "train.lr", "train.min_lr_ratio", "train.warmup_steps", "train.decay", "train.weight_decay",

@@ -1,12 +1,13 @@
-"""Full fp32 model weights from a run's DeepSpeed checkpoint, in one process, without an engine."""
+"""Full fp32 model weights from a run's DeepSpeed checkpoint, in one process, without an engine:
+whatever ZeRO stage and number of processes wrote it (evaluation, generation, `train.init_from`)."""
 from __future__ import annotations
 
 import json
 
 import torch
 
-from .. import safe_loading
-from ..rundir import CheckpointError, RunDir
+from . import safe_loading
+from .rundir import CheckpointError, RunDir
 
 
 def load_weights(run: RunDir, tag: str) -> tuple[dict[str, torch.Tensor], int]:
