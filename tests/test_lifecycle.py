@@ -44,9 +44,7 @@ def test_a_rank_gets_sigterm_when_its_launcher_is_killed():
     assert launcher.stdout.readline().strip() == "armed True"
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
-    start = time.monotonic()
     assert launcher.stdout.readline().strip() == "got SIGTERM"  # from the orphaned rank, through the pipe
-    assert time.monotonic() - start < 5
     assert launcher.stdout.read() == "", "the rank closed its output"
     deadline = time.monotonic() + 5
     while not exited(rank_pid):
@@ -76,22 +74,17 @@ def test_a_launcher_dead_before_the_call_is_noticed_by_its_pid():
 
 def test_a_build_lock_is_waited_for_while_fresh_and_named_once_stale(tmp_path):
     lock = tmp_path / "lock"
-    start = time.monotonic()
-    wait_for_build_lock(lock, "op", timeout_s=60)
-    assert time.monotonic() - start < 0.1, "no lock: no wait"
+    wait_for_build_lock(lock, "op", timeout_s=60)  # no lock: returns
     lock.touch()
     threading.Timer(0.3, lock.unlink).start()  # another rank's build finishing
     wait_for_build_lock(lock, "op", timeout_s=60)
-    lock.touch()
-    start = time.monotonic()
+    lock.touch()  # a lock that stays past the timeout is named
     with pytest.raises(StaleBuildLockError, match=rf"^stale build lock {lock}: .* existed for [01] s,.*rm {lock}"):
         wait_for_build_lock(lock, "op", timeout_s=1)
-    assert 0.9 < time.monotonic() - start < 3, "a lock that stays is waited for up to the timeout"
     os.utime(lock, (time.time() - 3600, time.time() - 3600))
-    start = time.monotonic()
+    # Left an hour ago: named at once (a wait of the 60 s timeout would report 3660 s).
     with pytest.raises(StaleBuildLockError, match="existed for 3600 s"):
         wait_for_build_lock(lock, "op", timeout_s=60)
-    assert time.monotonic() - start < 0.1, "a lock left an hour ago fails at once"
 
 
 CHECK = """
