@@ -26,10 +26,13 @@ setup(
         # megaseqpe-prep reads Parquet, Arrow IPC and Hugging Face save_to_disk folders, and .zst files.
         "pyarrow>=16",
         "zstandard",
+        # megaseqpe-export writes (and load_native reads) model.safetensors.
+        "safetensors",
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],
-        "dev": ["pytest>=7", "pytest-timeout", "scikit-learn"],
+        # transformers: tests/test_export.py loads megaseqpe-export's folders as a user would.
+        "dev": ["pytest>=7", "pytest-timeout", "scikit-learn", "transformers>=5"],
     },
     entry_points={
         "console_scripts": [
@@ -37,6 +40,7 @@ setup(
             "megaseqpe-train=megaseqpe.training.cli:main",
             "megaseqpe-eval=megaseqpe.evaluation.cli:main",
             "megaseqpe-generate=megaseqpe.generation.cli:main",
+            "megaseqpe-export=megaseqpe.export.cli:main",
         ],
     },
 )

@@ -1,7 +1,8 @@
-"""``megaseqpe-prep``: the command line of data_prep (``tokenizer``, ``shards``, ``images``).
+"""``megaseqpe-prep``: the command line of data_prep (``tokenizer``, ``shards``, ``merge``, ``images``).
 
 User mistakes raise :class:`~data_prep.errors.UserError` anywhere below; ``main`` prints them as
-one line on stderr and exits 1, so nobody reads a traceback for a typo in a path.
+one line on stderr and exits with the error's code (1; 2 for refused inputs, as for a bad flag),
+so nobody reads a traceback for a typo in a path.
 """
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from typing import NoReturn, Sequence
 
 from megaseqpe.data import stdlib_sources
 from megaseqpe.data.demo_corpus import first_files
+from megaseqpe.data.manifest import PartInfo
 
 from .corpus import read_documents
 from .discovery import discover_files, input_root
 from .errors import UserError
 from .images import build_image_shards, digits_source, folder_source, image_summary, mnist_source, npz_source
 from .outputs import TMP_SUFFIX, prepare_output_dir
+from .parts import find_parts, merge_parts, parse_part, part_dir, select_part
 from .shards import build_shards, split_summary
 from .skips import SkipLog
 from .tokenizer import MODEL_NAME, MODEL_TYPES, VOCAB_NAME, load_tokenizer, train_tokenizer
@@ -87,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "turn images into WebDataset image shards + manifest.json.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_tokenizer_command(sub, common)
-    _add_shards_command(sub, common)
+    _add_part_argument(_add_shards_command(sub, common))
+    _add_merge_command(sub)
     _add_images_command(sub)
     return parser
 
@@ -109,7 +113,7 @@ def _add_tokenizer_command(sub, common: argparse.ArgumentParser) -> None:
     tok.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer")
 
 
-def _add_shards_command(sub, common: argparse.ArgumentParser) -> None:
+def _add_shards_command(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sh = sub.add_parser("shards", parents=[common], formatter_class=_HelpFormatter,
                         help="tokenise into DIR/{train,val} shards",
                         description="Tokenise documents in parallel into WebDataset tar shards "
@@ -127,6 +131,42 @@ def _add_shards_command(sub, common: argparse.ArgumentParser) -> None:
                     help="tokenising processes (default: all cores)")
     sh.add_argument("--overwrite", action="store_true",
                     help="replace manifest.json and shards of an earlier run in DIR")
+    return sh
+
+
+def _part(text: str) -> tuple[int, int]:
+    try:
+        return parse_part(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_part_argument(sh: argparse.ArgumentParser) -> None:
+    sh.add_argument("--part", type=_part, metavar="I/N",
+                    help="prepare only part I of N (0-based: 0 <= I < N, as SLURM_ARRAY_TASK_ID) of "
+                         "the input files, into DIR/part-IIIII-of-NNNNN/ with a partial manifest; which files "
+                         "a part takes depends only on the files' paths below the inputs' root and "
+                         "their sizes (largest first, into the part with the fewest bytes), and a "
+                         "document's split only on its path, so `megaseqpe-prep merge --out DIR` "
+                         "of all N parts has a single run's documents and counts (slurm/prep.sbatch "
+                         "runs the parts as an array job)")
+
+
+def _add_merge_command(sub) -> None:
+    mg = sub.add_parser("merge", formatter_class=_HelpFormatter, help="join shards --part outputs",
+                        description="Join the partial manifests of `megaseqpe-prep shards --part I/N "
+                        "--out DIR` into DIR/manifest.json: all N parts must be there exactly once, "
+                        "made from the same inputs, --val-fraction, --text-key and tokenizer. The "
+                        "merged manifest lists the parts' shards where they are (paths relative to "
+                        "DIR, sha256 unchanged) and sums their counts: documents, tokens and skips "
+                        "equal a single-machine run's; shard boundaries do not (each part fills "
+                        "its own shards).")
+    mg.add_argument("parts", nargs="*", type=Path, metavar="PART",
+                    help="part directories (or their manifest.json), all below DIR "
+                         "(default: every DIR/part-*-of-*/)")
+    mg.add_argument("--out", type=Path, required=True, metavar="DIR",
+                    help="where the parts are and manifest.json is written")
+    mg.add_argument("--overwrite", action="store_true", help="replace an earlier DIR/manifest.json")
 
 
 def _add_images_command(sub) -> None:
@@ -183,16 +223,47 @@ def _run_tokenizer(args: argparse.Namespace) -> None:
           f"eos id {processor.eos_id()})")
 
 
+def _select_part(args: argparse.Namespace, files: list[Path], root: Path,
+                 skips: SkipLog) -> tuple[list[Path], SkipLog, Path, PartInfo]:
+    """Part I/N's files, skip log and output directory. Inputs skipped while searching the
+    inputs (every part sees them) are counted by part 0 only, so the merge counts them once."""
+    index, count = args.part
+    mine, fingerprint = select_part(files, root, index, count)
+    # A merged manifest in DIR would list the shards this part is about to replace. (Not
+    # prepare_output_dir: with --overwrite every part of an array job removes it at once.)
+    merged = args.out / "manifest.json"
+    if merged.exists() and not args.overwrite:
+        raise UserError(f"output directory {args.out} already holds a merged manifest.json; "
+                        f"pass --overwrite to replace it")
+    merged.unlink(missing_ok=True)
+    part = PartInfo(index=index, count=count, inputs_sha256=fingerprint,
+                    val_fraction=args.val_fraction, text_key=args.text_key)
+    return mine, skips if index == 0 else SkipLog(), part_dir(args.out, index, count), part
+
+
 def _run_shards(args: argparse.Namespace) -> None:
     skips = SkipLog()
     files, root = _input_files(args, skips)
     processor = load_tokenizer(args.tokenizer)
-    prepare_output_dir(args.out, ["manifest.json", "train", "val"], args.overwrite)
+    out, part = args.out, None
+    if args.part:
+        files, skips, out, part = _select_part(args, files, root, skips)
+    prepare_output_dir(out, ["manifest.json", "train", "val"], args.overwrite)
     manifest = build_shards(read_documents(files, skips, args.text_key, root), skips, len(files),
-                            tokenizer=args.tokenizer, processor=processor, out=args.out,
+                            tokenizer=args.tokenizer, processor=processor, out=out,
                             val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,
-                            workers=args.workers)
-    print(f"{len(files)} file(s) read; {skips.summary()}")
+                            workers=args.workers, part=part)
+    which = f"part {part.index} of {part.count}: " if part else ""
+    print(f"{which}{len(files)} file(s) read; {skips.summary()}")
+    print(f"{split_summary(manifest)}; wrote {out / 'manifest.json'}")
+
+
+def _run_merge(args: argparse.Namespace) -> None:
+    parts = args.parts or find_parts(args.out)
+    prepare_output_dir(args.out, ["manifest.json"], args.overwrite)
+    manifest = merge_parts(parts, args.out)
+    print(f"merged {len(parts)} part(s): {manifest.inputs.files_seen} file(s), "
+          f"{manifest.inputs.documents:,} documents, {sum(manifest.inputs.skipped.values())} skipped")
     print(f"{split_summary(manifest)}; wrote {args.out / 'manifest.json'}")
 
 
@@ -217,10 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``megaseqpe-prep`` / ``python -m data_prep``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        {"tokenizer": _run_tokenizer, "shards": _run_shards, "images": _run_images}[args.command](args)
+        {"tokenizer": _run_tokenizer, "shards": _run_shards, "merge": _run_merge,
+         "images": _run_images}[args.command](args)
     except UserError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted; outputs left under *{TMP_SUFFIX} names are "
               f"incomplete", file=sys.stderr)

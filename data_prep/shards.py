@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import megaseqpe
 from megaseqpe.data import InputsInfo, Manifest, SplitInfo, TokenizerInfo, token_dtype
+from megaseqpe.data.manifest import PartInfo
 
 from .corpus import Document, FileDocument
 from .errors import UserError
@@ -151,8 +152,12 @@ def encode_documents(documents: Iterable[Document | FileDocument], model_path: P
 
 def build_shards(documents: Iterable[Document | FileDocument], skips: SkipLog, files_seen: int, *,
                  tokenizer: Path, processor: spm.SentencePieceProcessor, out: Path,
-                 val_fraction: float, shard_tokens: int, workers: int) -> Manifest:
-    """Write ``out/{train,val}/shard-*.tar`` and then ``out/manifest.json``; return the manifest."""
+                 val_fraction: float, shard_tokens: int, workers: int,
+                 part: PartInfo | None = None) -> Manifest:
+    """Write ``out/{train,val}/shard-*.tar`` and then ``out/manifest.json``; return the manifest.
+
+    ``part`` marks the manifest partial (``shards --part``); a part may hold no documents, since
+    the merge of all parts is what must not be empty."""
     dtype = token_dtype(processor.vocab_size())
     writers = {name: SplitShardWriter(out, name, shard_tokens) for name in ("train", "val")}
     documents_written = tokens_written = 0
@@ -169,21 +174,21 @@ def build_shards(documents: Iterable[Document | FileDocument], skips: SkipLog, f
             if documents_written % 64 == 0:
                 rate = tokens_written / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix_str(f"{rate:,.0f} tokens/s")
-    if documents_written == 0:
+    if documents_written == 0 and part is None:
         raise UserError(f"no documents to write: {files_seen} input file(s), {skips.summary()}")
     manifest = Manifest(
         created_by=f"megaseqpe-prep {megaseqpe.__version__}",
-        tokenizer=TokenizerInfo(path=_relative(tokenizer, out), sha256=file_sha256(tokenizer),
+        tokenizer=TokenizerInfo(path=relative_path(tokenizer, out), sha256=file_sha256(tokenizer),
                                 vocab_size=processor.vocab_size(), eos_id=processor.eos_id()),
         splits={name: SplitInfo(tuple(writer.close())) for name, writer in writers.items()},
         inputs=InputsInfo(files_seen=files_seen, documents=documents_written,
                           skipped=skips.as_dict(), examples_skipped=tuple(skips.examples)),
-        root=out)
+        root=out, part=part)
     write_json_atomic(out / "manifest.json", manifest.to_dict())
     return manifest
 
 
-def _relative(path: Path, start: Path) -> str:
+def relative_path(path: Path, start: Path) -> str:
     """``path`` relative to ``start`` (manifest paths are relative to the manifest's directory)."""
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
 

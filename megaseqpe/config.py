@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,9 +256,49 @@ class PositionConfig:
 
 
 @dataclass
+class DataSource:
+    """One entry of `data.sources`: a manifest and its share of the training rows."""
+
+    manifest: str = ""
+    """manifest.json (or its directory) from `megaseqpe-prep shards`."""
+    weight: float = 1.0
+    """Relative share of the rows: a row comes from this source with probability weight / sum of weights."""
+    name: str = ""
+    """Name in TensorBoard tags (`data/tokens/<name>`, `val/loss/<name>`); "" = the manifest's directory name."""
+
+
+# A source's name ends TensorBoard tags: keep it to characters that need no quoting anywhere.
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _manifest_dir_name(manifest: str) -> str:
+    path = Path(manifest)
+    return path.parent.name if path.suffix == ".json" else path.name
+
+
+def _data_source(value: Any, index: int) -> DataSource:
+    """`data.sources[index]` (a YAML mapping, or a DataSource) checked, its name filled in."""
+    key = f"data.sources[{index}]"
+    if not isinstance(value, DataSource):
+        _check(isinstance(value, Mapping), key, f"expected a mapping with manifest and weight, got {value!r}")
+        hints = typing.get_type_hints(DataSource)
+        for name in value:
+            _check(name in hints, key, f"unknown key {name!r}{_suggest(str(name), hints)}")
+        value = DataSource(**{name: _coerce(item, hints[name], f"{key}.{name}") for name, item in value.items()})
+    _check(bool(value.manifest), f"{key}.manifest", "not set (the manifest.json written by megaseqpe-prep shards)")
+    _check(math.isfinite(value.weight) and value.weight > 0, f"{key}.weight", f"must be positive, got {value.weight}")
+    name = value.name or _manifest_dir_name(value.manifest)
+    _check(_SOURCE_NAME.fullmatch(name) is not None, f"{key}.name",
+           f"{name!r} must be letters, digits, '_', '.' or '-' (it ends TensorBoard tags); set name: explicitly")
+    return dataclasses.replace(value, name=name)
+
+
+@dataclass
 class DataConfig:
     manifest: str = ""
-    """manifest.json (or its directory) from `megaseqpe-prep shards` or `images`; megaseqpe-train needs it."""
+    """manifest.json (or its directory) from `megaseqpe-prep shards` or `images`; megaseqpe-train needs it or data.sources."""
+    sources: list = field(default_factory=list)
+    """A weighted mixture instead of data.manifest: a list of {manifest: PATH, weight: FLOAT, name: NAME}; each row is drawn from a source with probability weight / sum (text only; one tokenizer for all). Names default to the manifest's directory name and must be unique."""
     micro_batch_size: int = 8
     """Rows (sequences or images) per micro-batch and rank; also the validation batch size."""
     num_workers: int = 1
@@ -267,11 +309,37 @@ class DataConfig:
     """A corrupt shard: error = stop, naming the shard; skip = drop its unreadable samples, count them, go on."""
     val_split: str = "val"
     """Manifest split for validation during training, and megaseqpe-eval's default split."""
+    document_masking: bool = False
+    """Text: each packed document starts with the tokenizer's BOS (if it has one), its positions restart at 0 and its tokens attend only inside it (every attention backend). Off keeps the reference configs' exact data stream; recommended on for new runs."""
 
     def __post_init__(self) -> None:
         _check(self.micro_batch_size > 0, "data.micro_batch_size", "must be positive")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _choice(self.on_corrupt, "data.on_corrupt", registered("data.on_corrupt"))
+        self._check_sources()
+
+    def _check_sources(self) -> None:
+        _check(not (self.manifest and self.sources), "data.sources",
+               "set either data.manifest (one source) or data.sources (a mixture), not both")
+        self.sources = [_data_source(value, index) for index, value in enumerate(self.sources)]
+        first: dict[str, int] = {}
+        for index, source in enumerate(self.sources):
+            _check(source.name not in first, f"data.sources[{index}].name",
+                   f"{source.name!r} is also the name of data.sources[{first.get(source.name)}]; names must be "
+                   "unique (set name: for each source)")
+            first[source.name] = index
+
+    @property
+    def source_list(self) -> tuple[DataSource, ...]:
+        """The run's sources: data.sources, or data.manifest as one source of weight 1."""
+        if self.sources:
+            return tuple(self.sources)
+        return (DataSource(self.manifest, 1.0, _manifest_dir_name(self.manifest)),) if self.manifest else ()
+
+    @property
+    def primary_manifest(self) -> str:
+        """data.manifest, or the first source's: the tokenizer every source shares ("" when none is set)."""
+        return self.sources[0].manifest if self.sources else self.manifest
 
 
 @dataclass
@@ -384,6 +452,10 @@ class Config:
 
     def _check_image_task(self) -> None:
         model, position = self.model, self.position
+        _check(not self.data.sources, "data.sources", "weighted mixtures are for language_modeling; "
+               "image_classification reads one data.manifest")
+        _check(not self.data.document_masking, "data.document_masking", "packed-document masking is for "
+               "language_modeling; an image is one example")
         _check(model.image_size % model.patch_size == 0, "model.image_size",
                f"{model.image_size} is not a multiple of model.patch_size={model.patch_size}")
         _check(position.n_dims == 2, "position.n_dims",

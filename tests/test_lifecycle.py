@@ -79,13 +79,27 @@ def test_a_build_lock_is_waited_for_while_fresh_and_named_once_stale(tmp_path):
     threading.Timer(0.3, lock.unlink).start()  # another rank's build finishing
     wait_for_build_lock(lock, "op", timeout_s=60)
     lock.touch()  # a lock that stays past the timeout is named
-    with pytest.raises(StaleBuildLockError, match=rf"^stale build lock {lock}: .* existed for [01] s,.*rm {lock}"):
+    with pytest.raises(StaleBuildLockError, match=rf"^stale build lock {lock}: .* existed for [01] s with no process building in {tmp_path},.*rm {lock}"):
         wait_for_build_lock(lock, "op", timeout_s=1)
     os.utime(lock, (time.time() - 3600, time.time() - 3600))
     # Left an hour ago: named at once (a wait of the 60 s timeout would report 3660 s).
     with pytest.raises(StaleBuildLockError, match="existed for 3600 s"):
         wait_for_build_lock(lock, "op", timeout_s=60)
 
+
+
+def test_a_build_lock_is_not_stale_while_a_process_builds_in_its_directory(tmp_path):
+    lock = tmp_path / "lock"
+    lock.touch()
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))  # old, as after a slow build on a loaded machine
+    builder = subprocess.Popen(["sleep", "30"], cwd=tmp_path)  # as ninja runs, in the build directory
+    try:
+        threading.Timer(1.0, lock.unlink).start()  # the build finishing
+        wait_for_build_lock(lock, "op", timeout_s=0.2)  # returns: no StaleBuildLockError
+    finally:
+        builder.kill()
+        builder.wait()
+    assert not lock.exists()
 
 CHECK = """
 from pathlib import Path

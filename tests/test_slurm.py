@@ -1,7 +1,7 @@
 """A real SLURM cluster of two emulated nodes (slurm/local-cluster), started by the tests.
 
 Needs root and Debian's packages (installed by start.sh when missing); skipped with the reason
-otherwise. Jobs run slurm/train.sbatch exactly as a user would submit it.
+otherwise. Jobs run slurm/train.sbatch and slurm/prep.sbatch exactly as a user would submit them.
 """
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from _launch import REPO, metrics, tiny_config, train_losses
+from data_prep.cli import main as prep_main
+from megaseqpe.data import load_manifest
+from test_prep_parts import documents, make_corpus, shards_args
 
 pytestmark = pytest.mark.slurm
 STATE = Path("/tmp/megaseqpe-slurm-tests")
@@ -203,3 +206,32 @@ def test_the_requeue_file_requeues_whatever_torchrun_exits_with(cluster, tmp_pat
     launcher_pid, own_pid = re.search(r"restart 0, launcher pid (\d+), mine (\d+)", log).groups()
     assert launcher_pid == own_pid, "MEGASEQPE_LAUNCHER_PID is torchrun's pid (the ranks' parent)"
     assert not (REPO / ".megaseqpe" / f"requeue-{job}").exists(), "read and removed"
+
+
+def sbatch(env, *args):
+    result = subprocess.run(["sbatch", "--parsable", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            check=True)
+    return result.stdout.strip().split(";")[0]
+
+
+def test_prep_array_job_then_dependent_merge_equals_a_single_run(cluster, tmp_path, data_tokenizer):
+    corpus, out = make_corpus(tmp_path / "corpus"), tmp_path / "shards"
+    array = sbatch(cluster, "--array=0-2", f"--output={tmp_path}/prep-%A_%a.out", "slurm/prep.sbatch",
+                   *shards_args(corpus, data_tokenizer, out))
+    merge = sbatch(cluster, f"--dependency=afterok:{array}", f"--output={tmp_path}/merge-%j.out",
+                   "slurm/prep.sbatch", "merge", "--out", str(out))
+    state = wait_done(cluster, merge)
+    logs = {path.name: path.read_text(errors="replace") for path in sorted(tmp_path.glob("*.out"))}
+    assert state == "COMPLETED", logs
+    for task in range(3):
+        assert f"megaseqpe-prep shards --part {task}/3 " in logs[f"prep-{array}_{task}.out"], logs
+    assert "merged 3 part(s)" in logs[f"merge-{merge}.out"], logs
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [f"part-{i:05d}-of-00003" for i in range(3)]
+
+    assert prep_main(shards_args(corpus, data_tokenizer, tmp_path / "single")) == 0
+    single, merged = load_manifest(tmp_path / "single"), load_manifest(out)
+    counts = [(m.inputs.files_seen, m.inputs.documents, m.inputs.skipped) for m in (merged, single)]
+    assert counts[0] == counts[1], counts
+    for split in ("train", "val"):
+        assert merged.splits[split].tokens == single.splits[split].tokens > 0
+        assert documents(out, split) == documents(tmp_path / "single", split)

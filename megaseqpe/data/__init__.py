@@ -19,6 +19,7 @@ from .image_samples import decode_image_sample, encode_image_sample
 from .images import (ImageShardDataset, build_image_train_loader, eval_image_batches,
                      resize_images)
 from .loader import DataStreamMismatch, TokenBatchLoader, build_train_loader
+from .mixture import MixtureLoader, build_mixture_loader, check_same_tokenizer, source_of_row
 from .manifest import (FORMAT_VERSION, KIND_IMAGE, KIND_TEXT, MAX_SKIP_EXAMPLES, SKIP_REASONS,
                        ImageInfo, InputsInfo, Manifest, ManifestError, ShardInfo, SplitInfo,
                        TokenizerInfo, load_manifest, manifest_from_dict)
@@ -35,4 +36,5 @@ __all__ = [
     "TokenizerInfo", "build_train_loader", "decode_meta", "decode_tokens", "encode_sample",
     "eval_batches", "first_files", "iter_raw_samples", "load_manifest", "manifest_from_dict",
     "stdlib_sources", "token_dtype",
+    "MixtureLoader", "build_mixture_loader", "check_same_tokenizer", "source_of_row",
 ]

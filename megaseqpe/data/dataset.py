@@ -22,7 +22,7 @@ import random
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -208,15 +208,16 @@ class TextShardDataset(ShardStreamDataset):
     """Endless, shuffled, packed token batches: ``LongTensor[micro_batch_size, max_seq_len + 1]``.
 
     Args: those of :class:`ShardStreamDataset`, plus ``max_seq_len``, the model context: rows
-    hold ``max_seq_len + 1`` tokens (inputs + shifted targets).
+    hold ``max_seq_len + 1`` tokens (inputs + shifted targets); ``bos_id``, when given, goes in
+    front of every document (document masking, see :mod:`megaseqpe.data.packing`).
     """
 
     def __init__(self, manifest_path: str | Path, split: str = "train", *, max_seq_len: int,
-                 **kwargs: Any) -> None:
+                 bos_id: Optional[int] = None, **kwargs: Any) -> None:
         if max_seq_len < 1:
             raise ValueError("max_seq_len, micro_batch_size and shuffle_buffer must be >= 1")
         super().__init__(manifest_path, split, **kwargs)
-        self.max_seq_len = max_seq_len
+        self.max_seq_len, self.bos_id = max_seq_len, bos_id
 
     def decode(self, sample: dict[str, Any]) -> np.ndarray:
         return decode_tokens(sample, self.manifest.tokenizer.vocab_size)
@@ -226,7 +227,7 @@ class TextShardDataset(ShardStreamDataset):
         skipped = [start.skipped]
         row_len = self.max_seq_len + 1
         documents = self.epoch_documents(reader, start, skipped)
-        for row, pos in pack_rows(documents, row_len, self.manifest.tokenizer.eos_id, start.offset):
+        for row, pos in pack_rows(documents, row_len, self.manifest.tokenizer.eos_id, start.offset, self.bos_id):
             yield row, ReaderState(pos.epoch, pos.document, pos.offset, skipped[0])
 
     def collate(self, rows: Sequence[np.ndarray]) -> torch.Tensor:

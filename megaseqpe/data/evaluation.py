@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -22,8 +22,9 @@ from .shard_reader import check_on_corrupt, iter_shard_tokens
 
 def eval_batches(manifest_path: str | Path, split: str = "val", *, max_seq_len: int,
                  batch_size: int, rank: int = 0, world_size: int = 1,
-                 on_corrupt: str = "error") -> Iterator[torch.Tensor]:
-    """``LongTensor[<= batch_size, max_seq_len + 1]`` batches covering this rank's documents once."""
+                 on_corrupt: str = "error", bos_id: Optional[int] = None) -> Iterator[torch.Tensor]:
+    """``LongTensor[<= batch_size, max_seq_len + 1]`` batches covering this rank's documents once
+    (``bos_id``, when given, in front of every document, as in training)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     check_on_corrupt(on_corrupt)
@@ -39,6 +40,6 @@ def eval_batches(manifest_path: str | Path, split: str = "val", *, max_seq_len: 
                     yield 0, index, tokens
                 index += 1
 
-    rows = (row for row, _ in pack_rows(documents(), max_seq_len + 1, manifest.tokenizer.eos_id))
+    rows = (row for row, _ in pack_rows(documents(), max_seq_len + 1, manifest.tokenizer.eos_id, bos_id=bos_id))
     while batch := list(islice(rows, batch_size)):
         yield torch.from_numpy(np.stack(batch))

@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import signal
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -89,26 +89,20 @@ class TokenBatchLoader:
                           pin_memory=self.pin_memory, **extra)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        workers = self.dataset.workers_per_rank
-        batches = iter(self._data_loader())
-        try:
-            for item in batches:
-                expected = self.batches_consumed % workers
-                if item["worker"] != expected:
-                    raise RuntimeError(f"DataLoader returned a batch of worker {item['worker']} "
-                                       f"where worker {expected} was due; resumable order is lost")
-                self.reader_states[expected] = ReaderState.from_dict(item["state"])
-                self.batches_consumed += 1
-                yield item["batch"]
-        except CorruptShardError as error:
-            raise worker_error(error) from None
-        finally:
-            # Stop the workers now: left to the garbage collector after an error (the traceback
-            # keeps this frame alive), their queues may be finalised first and shutdown then
-            # waits out two 5 s timeouts.
-            shutdown = getattr(batches, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+        # The DataLoader starts here, not at the first next(): starting one draws its base seed from
+        # the global RNG, and a mixture must start all its sources' loaders at the same moment
+        # whichever source its first row comes from (see megaseqpe.data.mixture).
+        return _BatchStream(self, iter(self._data_loader()))
+
+    def _accept(self, item: Mapping[str, Any]) -> torch.Tensor:
+        """Record the state a batch carries, as the batch is handed over; check the worker order."""
+        expected = self.batches_consumed % self.dataset.workers_per_rank
+        if item["worker"] != expected:
+            raise RuntimeError(f"DataLoader returned a batch of worker {item['worker']} "
+                               f"where worker {expected} was due; resumable order is lost")
+        self.reader_states[expected] = ReaderState.from_dict(item["state"])
+        self.batches_consumed += 1
+        return item["batch"]
 
     def _identity(self) -> dict[str, Any]:
         """What must not change between save and restore for the saved position to mean the same."""
@@ -144,10 +138,41 @@ class TokenBatchLoader:
         self.reader_states = {int(w): ReaderState.from_dict(s) for w, s in state["readers"].items()}
 
 
+class _BatchStream:
+    """One pass over a :class:`TokenBatchLoader`'s DataLoader; ``close()`` (also on any error)
+    stops its workers.
+
+    Stopped explicitly: left to the garbage collector after an error (the traceback keeps the
+    stream alive), their queues may be finalised first and shutdown then waits out two 5 s
+    timeouts.
+    """
+
+    def __init__(self, loader: TokenBatchLoader, batches: Iterator[Mapping[str, Any]]) -> None:
+        self.loader, self.batches = loader, batches
+
+    def __iter__(self) -> "_BatchStream":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        try:
+            return self.loader._accept(next(self.batches))
+        except CorruptShardError as error:
+            self.close()
+            raise worker_error(error) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        shutdown = getattr(self.batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 def build_train_loader(manifest_path: str | Path, *, max_seq_len: int, micro_batch_size: int,
                        seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                        shuffle_buffer: int = 1000, on_corrupt: str = "error", split: str = "train",
-                       pin_memory: bool = False) -> TokenBatchLoader:
+                       pin_memory: bool = False, bos_id: Optional[int] = None) -> TokenBatchLoader:
     """The training input of one rank: endless ``[micro_batch_size, max_seq_len + 1]`` batches.
 
     Raises :class:`megaseqpe.data.NotEnoughShardsError` at once when the split has fewer shards
@@ -157,5 +182,5 @@ def build_train_loader(manifest_path: str | Path, *, max_seq_len: int, micro_bat
     dataset = TextShardDataset(manifest_path, split, max_seq_len=max_seq_len,
                                micro_batch_size=micro_batch_size, seed=seed, rank=rank,
                                world_size=world_size, num_workers=num_workers,
-                               shuffle_buffer=shuffle_buffer, on_corrupt=on_corrupt)
+                               shuffle_buffer=shuffle_buffer, on_corrupt=on_corrupt, bos_id=bos_id)
     return TokenBatchLoader(dataset, pin_memory=pin_memory)

@@ -88,6 +88,20 @@ class InputsInfo:
 
 
 @dataclass(frozen=True)
+class PartInfo:
+    """Marks a partial manifest: part ``index`` (0-based) of ``count`` written by ``megaseqpe-prep
+    shards --part``. ``inputs_sha256`` fingerprints the whole input list (names below the inputs'
+    root and sizes) and, with ``val_fraction`` and ``text_key``, must agree across the parts that
+    ``megaseqpe-prep merge`` joins; the pipeline refuses to train on one part by mistake."""
+
+    index: int
+    count: int
+    inputs_sha256: str
+    val_fraction: float
+    text_key: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A parsed manifest; ``root`` is the directory its relative paths are resolved against.
 
@@ -101,6 +115,7 @@ class Manifest:
     root: Path = Path(".")
     kind: str = KIND_TEXT
     image: ImageInfo | None = None
+    part: PartInfo | None = None
 
     def split(self, name: str) -> SplitInfo:
         """The named split, or a ManifestError listing the splits that exist."""
@@ -129,6 +144,7 @@ class Manifest:
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
             "created_by": self.created_by,
+            **({"part": dict(vars(self.part))} if self.part else {}),
             **content,
             "splits": {
                 name: {"shards": [{"path": s.path, "samples": s.samples, "tokens": s.tokens,
@@ -216,11 +232,30 @@ def _parse_image(r: _Reader, data: Any) -> ImageInfo:
     return ImageInfo(**sizes, classes=tuple(classes))
 
 
+def _parse_part(r: _Reader, data: Any, partial: bool) -> PartInfo | None:
+    """The ``part`` marker of a partial manifest; refused unless the caller reads parts."""
+    if "part" not in data:
+        return None
+    obj = r.get(data, "", "part", dict)
+    part = PartInfo(index=r.count(obj, "part", "index"), count=r.count(obj, "part", "count"),
+                    inputs_sha256=r.get(obj, "part", "inputs_sha256", str),
+                    val_fraction=r.get(obj, "part", "val_fraction", float),
+                    text_key=r.get(obj, "part", "text_key", str))
+    if not 0 <= part.index < part.count:
+        raise r.fail("part.index", f"must be in [0, part.count={part.count}), got {part.index}")
+    if not partial:
+        raise ManifestError(f"{r.source}: is part {part.index} of {part.count} of a split preparation "
+                            f"(megaseqpe-prep shards --part); join all parts with `megaseqpe-prep "
+                            f"merge` and read the merged manifest.json")
+    return part
+
+
 def manifest_from_dict(data: Any, root: Path, source: str = "manifest.json",
-                       expect: str | None = KIND_TEXT) -> Manifest:
+                       expect: str | None = KIND_TEXT, partial: bool = False) -> Manifest:
     """Validate a decoded manifest; raises ManifestError naming the first bad key.
 
-    ``expect`` is the kind the caller's pipeline reads (``None`` accepts either)."""
+    ``expect`` is the kind the caller's pipeline reads (``None`` accepts either); a partial
+    manifest (one part of ``megaseqpe-prep shards --part``) is read only when ``partial``."""
     r = _Reader(source)
     version = r.get(data, "", "format_version", int)
     if version != FORMAT_VERSION:
@@ -230,6 +265,7 @@ def manifest_from_dict(data: Any, root: Path, source: str = "manifest.json",
         raise r.fail("kind", f"is {kind!r}, expected one of {', '.join(map(repr, KINDS))}")
     if expect is not None and kind != expect:
         raise r.fail("kind", f"is {kind!r}, the {expect} pipeline needs {expect!r}")
+    part = _parse_part(r, data, partial)
     tokenizer = _parse_tokenizer(r, data) if kind == KIND_TEXT else None
     image = _parse_image(r, data) if kind == KIND_IMAGE else None
     splits_obj = r.get(data, "", "splits", dict)
@@ -245,12 +281,12 @@ def manifest_from_dict(data: Any, root: Path, source: str = "manifest.json",
         examples_skipped=tuple(r.get(inp, "inputs", "examples_skipped", list)),
     )
     return Manifest(created_by=r.get(data, "", "created_by", str), tokenizer=tokenizer,
-                    splits=splits, inputs=inputs, root=root, kind=kind, image=image)
+                    splits=splits, inputs=inputs, root=root, kind=kind, image=image, part=part)
 
 
-def load_manifest(path: str | Path, expect: str | None = KIND_TEXT) -> Manifest:
-    """Read and validate ``manifest.json`` (or the directory holding it); ``expect`` as in
-    :func:`manifest_from_dict`."""
+def load_manifest(path: str | Path, expect: str | None = KIND_TEXT, partial: bool = False) -> Manifest:
+    """Read and validate ``manifest.json`` (or the directory holding it); ``expect`` and
+    ``partial`` as in :func:`manifest_from_dict`."""
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.json"
@@ -260,4 +296,5 @@ def load_manifest(path: str | Path, expect: str | None = KIND_TEXT) -> Manifest:
         raise ManifestError(f"{path}: no such manifest (run `megaseqpe-prep shards` first)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read manifest: {exc}") from None
-    return manifest_from_dict(data, root=path.parent.resolve(), source=str(path), expect=expect)
+    return manifest_from_dict(data, root=path.parent.resolve(), source=str(path), expect=expect,
+                              partial=partial)

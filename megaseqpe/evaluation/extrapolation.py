@@ -31,7 +31,7 @@ def evaluate_run(run_dir: Path, *, tag: Optional[str] = None, lengths: Optional[
     `max_images`. Data other than the run's (`manifest`) must have been made with the run's tokenizer."""
     trained = load_trained(run_dir, tag, device, manifest)
     config = trained.config
-    request = ExtrapolationRequest(manifest=manifest or config.data.manifest, split=split or config.data.val_split,
+    request = ExtrapolationRequest(manifest=manifest or config.data.primary_manifest, split=split or config.data.val_split,
                                    device=trained.device, lengths=lengths and list(lengths), max_tokens=max_tokens,
                                    resolutions=resolutions and list(resolutions), max_images=max_images)
     result = {"position_type": config.position.type, "checkpoint": trained.tag, "step": trained.step}

@@ -94,8 +94,8 @@ def _generate(args: argparse.Namespace) -> tuple[int, float]:
     if not isinstance(trained.task, LanguageModeling):
         raise ConfigError(f"task: {args.run} is a {trained.config.task} run; megaseqpe-generate needs a text "
                           "run (task: language_modeling)")
-    processor, tokenizer = _tokenizer(trained.config.data.manifest)
-    prompt = [tokenizer.eos_id, *processor.encode(text)]
+    processor, tokenizer = _tokenizer(trained.config.data.primary_manifest)
+    prompt = [*_document_start(trained.task, tokenizer.eos_id), *processor.encode(text)]
     start, count, stream = time.perf_counter(), 0, TextStream(processor.decode, prompt)
     for count, token in enumerate(generate(trained.model, prompt, sampling, eos_id=tokenizer.eos_id,
                                            vocab_size=tokenizer.vocab_size, use_cache=not args.no_cache), 1):
@@ -103,6 +103,15 @@ def _generate(args: argparse.Namespace) -> tuple[int, float]:
         sys.stdout.flush()
     sys.stdout.write(stream.flush() + "\n")
     return count, time.perf_counter() - start
+
+
+def _document_start(task: Any, eos_id: int) -> list[int]:
+    """What a document's text follows in training: the previous document's EOS in packed rows, or,
+    with `data.document_masking`, the BOS that starts each document at position 0 (nothing when the
+    tokenizer has no BOS, so the prompt's first token is at position 0 as documents were)."""
+    if task.markers is None:
+        return [eos_id]
+    return [] if task.bos_id is None else [task.bos_id]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,11 @@ scaled_dot_product_attention), `eager` (explicit softmax, the readable reference
 
 With a `LayerCache` (generation), q holds the new tokens only and k, v are appended to the cache
 after the position terms above; queries are aligned to the last keys, as flash-attn aligns them.
+
+Document masking (`documents`, per-token document ids of packed rows): a query sees only the keys
+of its own document. sdpa and eager add a block-causal mask; flash runs flash-attn's varlen kernel
+with one sequence per document (`cu_seqlens`), so no mask is built. ALiBi's |i - j| is then a
+distance inside one document, where it equals the distance of the tokens' restarted positions.
 """
 from __future__ import annotations
 
@@ -27,9 +32,9 @@ from ..config import ConfigError
 from .kv_cache import LayerCache
 
 try:  # optional: the [gpu] extra
-    from flash_attn import flash_attn_func
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
 except ImportError:  # pragma: no cover - depends on the machine
-    flash_attn_func = None
+    flash_attn_func = flash_attn_varlen_func = None
 
 BACKENDS = ("auto", "flash", "sdpa", "eager")  # the registry `model.attention_backend` is checked against
 
@@ -86,13 +91,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
               pe_scale: float = 1.0, q_mul: Optional[torch.Tensor] = None, k_mul: Optional[torch.Tensor] = None,
               rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
               alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
-              cache: Optional[LayerCache] = None) -> torch.Tensor:
+              cache: Optional[LayerCache] = None, documents: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Multi-head attention on q/k/v `[B, H, N, head_dim]` → `[B, H, N, head_dim]`.
 
     `scale` defaults to 1/sqrt(head_dim) of q *before* any SeqPE concatenation, as docs/method.md §1.3
     applies it to the whole logit. With `cache`, q, k and v are the new tokens' (the position
-    extras theirs too), and they attend to every cached key as well.
+    extras theirs too), and they attend to every cached key as well. `documents` `[B, N]`: each
+    token's document id (equal ids are contiguous); a query attends only inside its document.
     """
+    if documents is not None and cache is not None:
+        raise ValueError("document masking applies to packed training rows; a KV cache holds one document")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if (q_mul is None) != (k_mul is None):
         raise ValueError("q_mul and k_mul come together")
@@ -109,7 +117,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if cache is not None:  # after the position terms, so that each cached key keeps its own
         k, v = cache.append(k, v)
     kernel = _KERNELS[resolve_backend(backend, q)]
-    return kernel(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes, dropout_p=dropout_p)
+    return kernel(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes, dropout_p=dropout_p,
+                  documents=documents)
 
 
 def _future(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
@@ -117,22 +126,36 @@ def _future(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
     return torch.ones(n_query, n_key, dtype=torch.bool, device=device).triu(n_key - n_query + 1)
 
 
-def _eager(q, k, v, *, causal, scale, alibi_slopes, dropout_p):
+def block_causal_mask(documents: torch.Tensor, causal: bool) -> torch.Tensor:
+    """`[B, 1, N, N]`, True where query i may see key j: same document (and j <= i when causal)."""
+    allowed = documents[:, None, :, None] == documents[:, None, None, :]
+    if causal:
+        n = documents.shape[-1]
+        allowed = allowed & ~_future(n, n, documents.device)
+    return allowed
+
+
+def _eager(q, k, v, *, causal, scale, alibi_slopes, dropout_p, documents=None):
     logits = (q @ k.transpose(-1, -2)).float() * scale
     n_query, n_key = logits.shape[-2:]
     if alibi_slopes is not None:
         logits = logits + alibi_bias(alibi_slopes, n_query, n_key, q.device)
-    if causal:
+    if documents is not None:
+        logits = logits.masked_fill(~block_causal_mask(documents, causal), float("-inf"))
+    elif causal:
         logits = logits.masked_fill(_future(n_query, n_key, q.device), float("-inf"))
     weights = F.dropout(logits.softmax(-1), p=dropout_p).to(v.dtype)
     return weights @ v
 
 
-def _sdpa(q, k, v, *, causal, scale, alibi_slopes, dropout_p):
+def _sdpa(q, k, v, *, causal, scale, alibi_slopes, dropout_p, documents=None):
     n_query, n_key = q.shape[-2], k.shape[-2]
     mask = None if alibi_slopes is None else alibi_bias(alibi_slopes, n_query, n_key, q.device).to(q.dtype)
+    if documents is not None:  # the causal part is in the block mask: is_causal stays off below
+        allowed = block_causal_mask(documents, causal)
+        mask = allowed if mask is None else torch.where(allowed, mask, float("-inf"))  # [B, H, N, N]
     # torch's is_causal aligns the queries with the FIRST keys; behind a KV cache they are the last.
-    if causal and (mask is not None or n_query != n_key):
+    elif causal and (mask is not None or n_query != n_key):
         future = _future(n_query, n_key, q.device)
         mask = ~future if mask is None else mask.masked_fill(future, float("-inf"))
     width = v.shape[-1]
@@ -145,13 +168,31 @@ def _sdpa(q, k, v, *, causal, scale, alibi_slopes, dropout_p):
     return out[..., :width]
 
 
-def _flash(q, k, v, *, causal, scale, alibi_slopes, dropout_p):
+def document_cu_seqlens(documents: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """flash-attn varlen's `cu_seqlens` (int32 `[S + 1]`, token offsets of the S documents of the
+    flattened `[B * N]` batch; a row's first token always starts one) and the longest document."""
+    starts = torch.ones_like(documents, dtype=torch.bool)
+    starts[:, 1:] = documents[:, 1:] != documents[:, :-1]
+    offsets = torch.cat([starts.flatten().nonzero().flatten(),
+                         torch.tensor([documents.numel()], device=documents.device)])
+    return offsets.to(torch.int32), int((offsets[1:] - offsets[:-1]).max())
+
+
+def _flash(q, k, v, *, causal, scale, alibi_slopes, dropout_p, documents=None):
     # flash-attn wants [B, N, H, d], one head width for q, k and v, a multiple of 8.
     width = -(-max(q.shape[-1], v.shape[-1]) // 8) * 8
     pad = lambda x: F.pad(x, (0, width - x.shape[-1])).transpose(1, 2)
     slopes = None if alibi_slopes is None else alibi_slopes.to(device=q.device, dtype=torch.float32)
-    out = flash_attn_func(pad(q), pad(k), pad(v), dropout_p=dropout_p, softmax_scale=scale,
-                          causal=causal, alibi_slopes=slopes)
+    if documents is None:
+        out = flash_attn_func(pad(q), pad(k), pad(v), dropout_p=dropout_p, softmax_scale=scale,
+                              causal=causal, alibi_slopes=slopes)
+    else:  # every document is one sequence of the varlen batch: [B * N, H, width]
+        batch, length = documents.shape
+        cu_seqlens, longest = document_cu_seqlens(documents)
+        flat = lambda x: pad(x).reshape(batch * length, x.shape[1], width)
+        out = flash_attn_varlen_func(flat(q), flat(k), flat(v), cu_seqlens, cu_seqlens, longest, longest,
+                                     dropout_p=dropout_p, softmax_scale=scale, causal=causal,
+                                     alibi_slopes=slopes).view(batch, length, -1, width)
     return out.transpose(1, 2)[..., : v.shape[-1]]
 
 

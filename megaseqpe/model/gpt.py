@@ -31,10 +31,11 @@ class SelfAttention(nn.Module):
         self.attention_dropout = config.attention_dropout
         self.residual_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, extras: AttentionExtras, cache: Optional[LayerCache] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, extras: AttentionExtras, cache: Optional[LayerCache] = None,
+                documents: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
-        y = attention(q, k, v, causal=self.causal, backend=self.backend, cache=cache,
+        y = attention(q, k, v, causal=self.causal, backend=self.backend, cache=cache, documents=documents,
                       dropout_p=self.attention_dropout if self.training else 0.0, **extras.as_kwargs())
         return self.residual_dropout(self.out(y.transpose(1, 2).reshape(batch, length, width)))
 
@@ -60,8 +61,9 @@ class Block(nn.Module):
         self.norm_mlp = nn.LayerNorm(config.d_model, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, extras: AttentionExtras, cache: Optional[LayerCache] = None) -> torch.Tensor:
-        x = x + self.attention(self.norm_attention(x), extras, cache)
+    def forward(self, x: torch.Tensor, extras: AttentionExtras, cache: Optional[LayerCache] = None,
+                documents: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attention(self.norm_attention(x), extras, cache, documents)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -103,13 +105,15 @@ class GPT(nn.Module):
 
     def forward(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
                 targets: Optional[torch.Tensor] = None, objectives: Optional[Any] = None,
-                cache: Optional[KVCache] = None) -> GPTOutput:
+                cache: Optional[KVCache] = None, documents: Optional[torch.Tensor] = None) -> GPTOutput:
         """tokens `[B, N]`; positions `[B|1, N, n_dims]` (default 0..N-1); targets `[B, N]`.
 
         `objectives` (a step plan's sample, opaque here) go to the position module with
         `positions`; its losses come back in `position_signal.aux_losses`. `cache` (generation)
         holds the keys and values of the tokens before `tokens` and is extended in place; the
-        default positions then go on after them.
+        default positions then go on after them. `documents` `[B, N]` (document masking, see
+        `megaseqpe.data.packing.document_layout`): each token's document id; attention stays inside
+        a document, whose positions the caller restarts in `positions`.
         """
         if positions is None:
             positions = default_positions(tokens.shape[1], tokens.device, start=0 if cache is None else cache.length)
@@ -119,7 +123,7 @@ class GPT(nn.Module):
             x = x + signal.input_embedding.to(x.dtype)
         x = self.dropout(x)
         for index, block in enumerate(self.blocks):
-            x = block(x, signal.for_layer(index), None if cache is None else cache.layers[index])
+            x = block(x, signal.for_layer(index), None if cache is None else cache.layers[index], documents)
         logits = self.lm_head(self.final_norm(x))
         loss = None
         if targets is not None:

@@ -89,6 +89,11 @@ class Task:
     def eval_batches(self, rank: int, world_size: int) -> Iterator[Any]:
         raise NotImplementedError
 
+    def eval_sources(self, rank: int, world_size: int) -> dict[str, Iterator[Any]]:
+        """Validation batches per data source (`data.sources`), by name; "" names the one stream of
+        a run without sources, whose metrics carry no source suffix."""
+        return {"": self.eval_batches(rank, world_size)}
+
     def eval_totals(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """float64 sums of one validation batch, all-reduced over batches and ranks."""
         raise NotImplementedError

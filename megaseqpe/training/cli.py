@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     from .run_lock import RunLockedError
     try:
         config = load_config(args.config, args.overrides)
-        if not config.data.manifest:
-            raise ConfigError("data.manifest: not set (the manifest.json written by megaseqpe-prep shards)")
+        if not config.data.primary_manifest:
+            raise ConfigError("data.manifest: not set (the manifest.json written by megaseqpe-prep shards; "
+                              "or data.sources for a weighted mixture)")
         code = train(config)
     except (ConfigError, ManifestError, NotEnoughShardsError, CheckpointError, CorruptShardError,
             DataStreamMismatch, RunLockedError, StaleBuildLockError) as error:

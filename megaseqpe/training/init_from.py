@@ -78,9 +78,9 @@ class WeightSource:
             raise ConfigError(f"train.init_from: cannot start from {self.name}: {'; '.join(changed)} would change "
                               "the model its weights belong to; keep the source's values "
                               f"({self.run.config_for(self.tag)})")
-        if self.config.data.manifest != config.data.manifest:
+        if self.config.data.primary_manifest != config.data.primary_manifest:
             try:
-                task.check_data(self.config.data.manifest)  # the same tokenizer (image runs: shapes and classes)
+                task.check_data(self.config.data.primary_manifest)  # the same tokenizer (image runs: shapes and classes)
             except (ConfigError, ManifestError) as error:
                 raise ConfigError(f"train.init_from: the data of {self.name} and this run's: {error}") from None
 

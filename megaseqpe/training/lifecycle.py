@@ -92,7 +92,8 @@ def build_lock_path(op: str) -> Path:
 def wait_for_build_lock(lock: Path, op: str, timeout_s: Optional[float] = None) -> None:
     """Return once `lock` is gone; raise StaleBuildLockError once it is older than `timeout_s`
     (by its mtime: a lock left hours ago fails at once) or was waited on that long (by this
-    host's clock, in case the filesystem's clock runs ahead)."""
+    host's clock, in case the filesystem's clock runs ahead), unless a build is still running in
+    its directory: on a loaded machine a real build can take minutes."""
     if timeout_s is None:
         timeout_s = float(os.environ.get(BUILD_LOCK_TIMEOUT_ENV) or BUILD_LOCK_TIMEOUT_S)
     start = time.monotonic()
@@ -101,10 +102,24 @@ def wait_for_build_lock(lock: Path, op: str, timeout_s: Optional[float] = None) 
             age = time.time() - lock.stat().st_mtime
         except FileNotFoundError:
             return
-        if age >= timeout_s or time.monotonic() - start >= timeout_s:
+        expired = age >= timeout_s or time.monotonic() - start >= timeout_s
+        if expired and not build_running_in(lock.parent):
             raise StaleBuildLockError(
                 f"stale build lock {lock}: DeepSpeed waits for it before building its {op} op and it has "
-                f"existed for {age:.0f} s, so a start killed mid-build left it behind; delete it "
-                f"(rm {lock}) unless a build is still running on this machine, then start again "
+                f"existed for {age:.0f} s with no process building in {lock.parent}, so a start killed "
+                f"mid-build left it behind; delete it (rm {lock}), then start again "
                 f"({BUILD_LOCK_TIMEOUT_ENV}={timeout_s:g} s)")
         time.sleep(min(0.5, timeout_s / 10))
+
+
+def build_running_in(directory: Path) -> bool:
+    """Whether a process on this host works in `directory`: torch runs ninja, and ninja the compiler,
+    with the extension's build directory as their working directory (Linux /proc; False elsewhere)."""
+    target = os.path.realpath(directory)
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.readlink(entry / "cwd") == target:
+                return True
+        except OSError:  # gone meanwhile, or another user's process
+            continue
+    return False

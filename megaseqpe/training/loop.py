@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config, save_config
+from ..data import MixtureLoader
 from ..model.attention import check_backend
 from ..positions import StepPlanner, build_step_planner
 from ..rundir import RunDir
@@ -177,7 +178,8 @@ class Trainer:
                 step = self.state.step
                 self.metrics.record_step(step, result, {"train/lr": self.engine.get_lr()[0],
                                                         "train/skipped_steps": float(self.state.skipped_steps),
-                                                        "data/skipped_samples": float(self.loader.skipped_samples)})
+                                                        "data/skipped_samples": float(self.loader.skipped_samples),
+                                                        **self._source_tokens(step)})
                 if self.validator.should_validate(step):
                     self.metrics.log(step, self.validator.run())
                 if self.checkpointer.should_save(step):
@@ -185,6 +187,17 @@ class Trainer:
             return 0
         finally:
             self.metrics.close()
+
+    def _source_tokens(self, step: int) -> dict[str, float]:
+        """`data/tokens/<name>` at a log step of a mixture (`data.sources`): trunk tokens of each source
+        consumed so far, all ranks. Each rank draws its own rows; the counts come back with the saved
+        stream, so they continue exactly after a resume."""
+        if not isinstance(self.loader, MixtureLoader) or not self.metrics.should_log(step):
+            return {}
+        rows = self.loader.rows_by_source()
+        counts = torch.tensor(list(rows.values()), dtype=torch.int64, device=self.device)
+        dist.all_reduce(counts)
+        return {f"data/tokens/{name}": float(n * self.task.sequence_length) for name, n in zip(rows, counts.tolist())}
 
     def _stop(self) -> int:
         """Checkpoint on a stop request and leave the requeue marker for the batch script: under
