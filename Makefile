@@ -12,7 +12,7 @@ DEMO_LENGTHS := 64,128,256,512,1024
 VIT_DATA := data/mnist
 VIT_RUN  := runs/vit-mnist-seqpe
 
-.PHONY: install test bench study demo demo-vit clean docs
+.PHONY: install test bench study study-qa demo demo-vit clean docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,7 @@ bench: install $(DEMO_DATA)/shards/manifest.json
 	$(PY) benchmarks/attention.py
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/scaling.py --manifest $(DEMO_DATA)/shards/manifest.json
+	$(PY) benchmarks/activation_memory.py
 	$(PY) benchmarks/report.py
 
 # make study: every position type trained alike (2 seeds, 1500 steps at L = 64) on stdlib code + pydoc
@@ -42,6 +43,13 @@ bench: install $(DEMO_DATA)/shards/manifest.json
 # 2 cores. Writes benchmarks/results/extrapolation_study.json and refreshes benchmarks/REPORT.md.
 study: install
 	$(PY) benchmarks/extrapolation_study.py
+	$(PY) benchmarks/report.py
+
+# make study-qa: every position type fine-tuned (task: qa, 300 steps, 2 seeds) from its `make study` run
+# (pretrained here when missing) on passkey retrieval, exact match at L..16L per depth. Writes
+# benchmarks/results/qa_study.json and refreshes benchmarks/REPORT.md.
+study-qa: install
+	$(PY) benchmarks/qa_study.py
 	$(PY) benchmarks/report.py
 
 # --- make demo: stdlib corpus → tokenizer → shards → 2-process DeepSpeed training → extrapolation.

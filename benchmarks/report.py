@@ -11,6 +11,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _markdown import figure, table  # noqa: E402
+from activation_report import activation_section  # noqa: E402
+from qa_report import qa_section  # noqa: E402
 from study_report import study_section  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -111,7 +113,8 @@ def scaling_section(data: dict) -> list[str]:
 
 def main() -> None:
     sections = {"pe_overhead": pe_section, "attention": attention_section, "data_throughput": data_section,
-                "extrapolation_study": study_section, "scaling": scaling_section}
+                "extrapolation_study": study_section, "scaling": scaling_section,
+                "qa_study": qa_section, "activation_memory": activation_section}
     lines = ["# Benchmarks", "", "Made by `make bench` from `benchmarks/results/*.json`; all ratios measured side "
              "by side in one run on the same machine.", ""]
     machine = next((d["machine"] for d in map(load, sections) if d and "machine" in d), {})

@@ -1,4 +1,5 @@
-"""``megaseqpe-prep``: the command line of data_prep (``tokenizer``, ``shards``, ``merge``, ``images``).
+"""``megaseqpe-prep``: the command line of data_prep (``tokenizer``, ``shards``, ``merge``, ``images``,
+``qa``).
 
 User mistakes raise :class:`~data_prep.errors.UserError` anywhere below; ``main`` prints them as
 one line on stderr and exits with the error's code (1; 2 for refused inputs, as for a bad flag),
@@ -18,10 +19,11 @@ from megaseqpe.data.manifest import PartInfo
 
 from .corpus import read_documents
 from .discovery import discover_files, input_root
-from .errors import UserError
+from .errors import BadInputError, UserError
 from .images import build_image_shards, digits_source, folder_source, image_summary, mnist_source, npz_source
 from .outputs import TMP_SUFFIX, prepare_output_dir
 from .parts import find_parts, merge_parts, parse_part, part_dir, select_part
+from .qa import build_qa
 from .shards import build_shards, split_summary
 from .skips import SkipLog
 from .tokenizer import MODEL_NAME, MODEL_TYPES, VOCAB_NAME, load_tokenizer, train_tokenizer
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_part_argument(_add_shards_command(sub, common))
     _add_merge_command(sub)
     _add_images_command(sub)
+    _add_qa_command(sub)
     return parser
 
 
@@ -191,6 +194,43 @@ def _add_images_command(sub) -> None:
                     help="replace manifest.json and shards of an earlier run in DIR")
 
 
+def _lengths(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"lengths must be positive, got {text!r}")
+    return values
+
+
+def _add_qa_command(sub) -> None:
+    qa = sub.add_parser("qa", formatter_class=_HelpFormatter, help="a synthetic retrieval-QA set (passkey)",
+                        description="Write a passkey retrieval-QA set: filler from --corpus, the fact \"The pass "
+                        "key is NNNNN.\" at depths 0, 0.25, 0.5, 0.75, 1 of it, and the question \"What is the "
+                        "pass key?\" at the end; prompt + answer is length + 1 tokens. Splits: train and val at "
+                        "--train-length, test at every --lengths; OUT/manifest.json (\"kind\": \"qa\") last. "
+                        "Same corpus, tokenizer and flags give byte-identical output.")
+    qa.add_argument("--corpus", nargs="+", type=Path, required=True, metavar="PATH",
+                    help="a text manifest.json (or its directory) made with --tokenizer, whose --corpus-split "
+                         "documents are the filler; or input files/directories as for `shards`")
+    qa.add_argument("--corpus-split", default="val", help="the manifest split the filler comes from")
+    qa.add_argument("--text-key", default="text", help="field holding a record's text (input files)")
+    qa.add_argument("--tokenizer", type=Path, required=True, metavar="MODEL", help="tokenizer.model")
+    qa.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    qa.add_argument("--train-length", type=_positive, required=True, metavar="L",
+                    help="the fine-tuning length (the pretrained run's model.max_seq_len)")
+    qa.add_argument("--lengths", type=_lengths, metavar="N,N,...", help="test lengths (default: L,2L,4L,8L,16L)")
+    qa.add_argument("--per-length", type=_positive, default=100, metavar="N",
+                    help="test samples per length (and val samples), spread evenly over the depths")
+    qa.add_argument("--train-samples", type=_positive, default=2000, metavar="N", help="training samples")
+    qa.add_argument("--seed", type=int, default=0, help="draws keys and filler windows (same seed, same bytes)")
+    qa.add_argument("--shard-samples", type=_positive, default=1000, metavar="N", help="samples per shard")
+    qa.add_argument("--filler-tokens", type=_positive, default=2_000_000, metavar="N",
+                    help="read at most about N corpus tokens as filler")
+    qa.add_argument("--overwrite", action="store_true", help="replace an earlier set in DIR")
+
+
 def _input_files(args: argparse.Namespace, skips: SkipLog) -> tuple[list[Path], Path]:
     """The input files in order and the root their documents are named below."""
     if not args.input and not args.stdlib_corpus:
@@ -284,12 +324,29 @@ def _run_images(args: argparse.Namespace) -> None:
     print(f"{image_summary(manifest)}; wrote {args.out / 'manifest.json'}")
 
 
+def _run_qa(args: argparse.Namespace) -> None:
+    lengths = args.lengths or [args.train_length * k for k in (1, 2, 4, 8, 16)]
+    if args.train_length not in lengths:
+        raise BadInputError(f"--lengths {','.join(map(str, lengths))} must include --train-length {args.train_length}")
+    for flag, path in [*(("--corpus", p) for p in args.corpus), ("--tokenizer", args.tokenizer)]:
+        if not path.exists():
+            raise BadInputError(f"{flag} {path}: no such file or directory")
+    processor = load_tokenizer(args.tokenizer)
+    prepare_output_dir(args.out, ["manifest.json", "qa.json", "train", "val", "test"], args.overwrite)
+    manifest = build_qa(corpus=args.corpus, corpus_split=args.corpus_split, text_key=args.text_key,
+                        tokenizer=args.tokenizer, processor=processor, out=args.out, train_length=args.train_length,
+                        lengths=lengths, per_length=args.per_length, train_samples=args.train_samples, seed=args.seed,
+                        shard_samples=args.shard_samples, filler_tokens=args.filler_tokens)
+    print(f"filler: {manifest.inputs.documents} document(s) of {manifest.inputs.files_seen} file(s)")
+    print(f"{split_summary(manifest, ('train', 'val', 'test'))}; wrote {args.out / 'manifest.json'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``megaseqpe-prep`` / ``python -m data_prep``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         {"tokenizer": _run_tokenizer, "shards": _run_shards, "merge": _run_merge,
-         "images": _run_images}[args.command](args)
+         "images": _run_images, "qa": _run_qa}[args.command](args)
     except UserError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -61,6 +61,24 @@ def registered(key: str) -> tuple[str, ...]:
     return tuple(getattr(importlib.import_module(module), attribute))
 
 
+NORMS = ("layernorm", "rmsnorm")  # model.norm
+MLPS = ("gelu", "swiglu")  # model.mlp
+ACTIVATION_CHECKPOINTING = ("none", "full", "selective")  # model.activation_checkpointing
+# model.preset → the sizes it sets (GPT-3 paper, Table 2.1: 125M, 350M, 760M and 1.3B parameters).
+MODEL_PRESETS = {
+    "gpt2-124m": {"n_layer": 12, "n_head": 12, "d_model": 768},
+    "gpt2-350m": {"n_layer": 24, "n_head": 16, "d_model": 1024},
+    "gpt2-760m": {"n_layer": 24, "n_head": 16, "d_model": 1536},
+    "gpt2-1.3b": {"n_layer": 24, "n_head": 16, "d_model": 2048},
+}
+
+
+def _with_preset(values: dict[str, Any]) -> dict[str, Any]:
+    """A model section's values with its preset's sizes under them: a key the section sets wins.
+    (An unknown preset name is left for ModelConfig to reject.)"""
+    return {**MODEL_PRESETS.get(values.get("preset", ""), {}), **values}
+
+
 @dataclass
 class ModelConfig:
     """A GPT-2 style decoder (ViT shares the trunk knobs)."""
@@ -81,10 +99,31 @@ class ModelConfig:
     """Dropout on the trunk's attention weights, in [0, 1)."""
     attention_backend: str = "auto"
     """Attention kernel: auto = flash when it can run (flash-attn, CUDA, fp16/bf16), else sdpa; eager = explicit."""
+    activation_checkpointing: str = "none"
+    """Recompute the trunk's activations in the backward instead of keeping them (training only; same losses and
+    gradients): none; full = every block keeps only its input; selective = every block keeps the outputs of its
+    matmuls and attention kernel and recomputes the rest (norms, activations, dropout). Parameter names are unchanged."""
     bias: bool = True
     """Biases in the trunk's Linear and LayerNorm layers (and the ViT's patch embedding and head)."""
     tie_embeddings: bool = True
     """The GPT's LM head shares its weight with the token embedding."""
+    preset: str = ""
+    """A size preset that fills n_layer, n_head and d_model where the config does not set them (keys set
+    explicitly win): gpt2-124m (12 layers x 768, 12 heads), gpt2-350m (24 x 1024, 16), gpt2-760m
+    (24 x 1536, 16), gpt2-1.3b (24 x 2048, 16), the GPT-3 paper's shapes, named by their parameter
+    counts at GPT-2's vocabulary of 50257 with a tied head; "" = none. Resolved when a config is read."""
+    norm: str = "layernorm"
+    """Normalisation of the trunk: layernorm (GPT-2; eps 1e-5, a bias when model.bias) or rmsnorm (LLaMA; eps 1e-5, no bias)."""
+    mlp: str = "gelu"
+    """The trunk's MLP: gelu = down(gelu(up(x))) with exact GELU (GPT-2); swiglu = down(silu(gate(x)) * up(x)) (LLaMA)."""
+    mlp_hidden: int = 0
+    """Hidden width of the MLP; 0 = the usual rule: 4 x d_model for gelu, and for swiglu 2/3 x 4 x d_model rounded up
+    to a multiple of model.mlp_multiple_of (LLaMA's rule: about the parameters of a gelu MLP)."""
+    mlp_multiple_of: int = 256
+    """swiglu with mlp_hidden 0: the hidden width is rounded up to a multiple of this (LLaMA uses 256)."""
+    n_kv_head: int = 0
+    """Key/value heads (grouped-query attention): each serves n_head / n_kv_head query heads; must divide n_head;
+    0 = n_head (multi-head attention)."""
     # --- the ViT (task: image_classification); the text model ignores them ---
     image_size: int = 16
     """ViT: training resolution in pixels (square); images are resized to it; a multiple of patch_size."""
@@ -104,10 +143,37 @@ class ModelConfig:
         _choice(self.attention_backend, "model.attention_backend", registered("model.attention_backend"))
         for key in ("dropout", "attention_dropout"):
             _check(0.0 <= getattr(self, key) < 1.0, f"model.{key}", "must be in [0, 1)")
+        _choice(self.activation_checkpointing, "model.activation_checkpointing", ACTIVATION_CHECKPOINTING)
+        self._check_shape()
+
+    def _check_shape(self) -> None:
+        _check(not self.preset or self.preset in MODEL_PRESETS, "model.preset",
+               f"{self.preset!r} is not one of {', '.join(MODEL_PRESETS)}")
+        _choice(self.norm, "model.norm", NORMS)
+        _choice(self.mlp, "model.mlp", MLPS)
+        _check(self.mlp_hidden >= 0, "model.mlp_hidden", "must be >= 0 (0 = the rule of model.mlp)")
+        _check(self.mlp_multiple_of > 0, "model.mlp_multiple_of", "must be positive")
+        _check(self.n_kv_head >= 0, "model.n_kv_head", "must be >= 0 (0 = model.n_head)")
+        _check(self.n_head % self.kv_heads == 0, "model.n_kv_head",
+               f"{self.n_kv_head} does not divide model.n_head={self.n_head}")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads per block (n_head unless grouped-query attention)."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width (model.mlp_hidden, or the rule of model.mlp)."""
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "gelu":
+            return 4 * self.d_model
+        return -(-(2 * 4 * self.d_model // 3) // self.mlp_multiple_of) * self.mlp_multiple_of
 
     @property
     def grid_size(self) -> int:
@@ -364,6 +430,9 @@ class TrainConfig:
     """Micro-batches accumulated per optimizer step."""
     seed: int = 1234
     """Seeds the initial weights, the data order, dropout, the position shifts and the objectives' samples."""
+    compile: bool = False
+    """torch.compile each trunk block in place before DeepSpeed wraps the model (parameter names unchanged);
+    needs a C++ compiler on CPU, Triton on GPU. The first steps are slower while the graph compiles."""
     precision: str = "fp32"
     """fp32, or DeepSpeed mixed precision: bf16, or fp16 with dynamic loss scaling."""
     log_every: int = 10
@@ -424,7 +493,7 @@ class Config:
     """
 
     task: str = "language_modeling"
-    """What is trained: language_modeling = a GPT on token shards; image_classification = a ViT on image shards."""
+    """What is trained: language_modeling = a GPT on token shards; image_classification = a ViT on image shards; qa = a GPT fine-tuned (train.init_from a language_modeling run) on `megaseqpe-prep qa` retrieval samples, loss on the answer tokens only."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The trunk: a GPT-2 style decoder, or for image_classification a ViT that shares its knobs."""
     position: PositionConfig = field(default_factory=PositionConfig)
@@ -538,6 +607,8 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
             if key not in field_hints:
                 raise ConfigError(f"{source}: unknown key {section}.{key}{_suggest(key, field_hints)}")
             kwargs[key] = _coerce(value, field_hints[key], f"{section}.{key}")
+        if cls is ModelConfig:
+            kwargs = _with_preset(kwargs)
         built[section] = cls(**kwargs)
     return Config(**built)
 

@@ -45,7 +45,10 @@ TEXTS = [PROMPT, "  two  spaces\tand a tab\n\n", "unicode é 漢字 and </s> <un
 UNTIED = {"tie_embeddings": False}
 RANDOM_RUNS = {"learned": ("learned", {}), "learned_nobias": ("learned", {"bias": False, **UNTIED}),
                "sinusoidal": ("sinusoidal", UNTIED), "rope": ("rope", UNTIED), "alibi": ("alibi", UNTIED),
-               "nope": ("nope", UNTIED)}
+               "nope": ("nope", UNTIED),
+               # today's shapes (tests/test_model_shapes.py): not GPT-2's, so they export with their code
+               "rope_llama": ("rope", {"norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2, "bias": False,
+                                       "mlp_multiple_of": 16, **UNTIED})}
 ALL_RUNS = ("seqpe", *RANDOM_RUNS)
 BF16_RUNS = ("seqpe", "learned")
 

@@ -1,6 +1,7 @@
 """What a user watches: TensorBoard tags read back from real event files, the eval report, errors."""
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -14,17 +15,23 @@ POSITION_TYPES = ("seqpe", "learned", "sinusoidal", "rope", "alibi", "nope")
 TRAIN_TAGS = {"train/loss", "train/lm_loss", "train/seqpe_contrastive_loss", "train/seqpe_distill_loss",
               "train/lr", "train/grad_norm", "train/tokens_per_second", "train/unique_positions",
               "train/skipped_steps", "val/loss", "val/ppl", "seqpe/teacher_entropy"}
+OPERATOR_TAGS = {"throughput(tps)", "tflops", "time_metrics/end_to_end(s)", "time_metrics/data_loading(s)",
+                 "time_metrics/data_loading(%)", "memory/max_rss(GiB)", "model/params"}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_manifest):
-    """One short single-process run per position type."""
+    """One short single-process run per position type; its captured (not a terminal) stdout and stderr
+    kept beside it as KIND.stdout, KIND.stderr."""
     tmp = tmp_path_factory.mktemp("types")
     out = {}
     for kind in POSITION_TYPES:
         config = tiny_config(tmp, data_manifest, name=kind, position={"type": kind},
                              train={"max_steps": 4, "eval_every": 2, "save_every": 4})
-        check(train(config, nproc=1))
+        result = train(config, nproc=1)
+        check(result)
+        (tmp / f"{kind}.stdout").write_text(result.stdout)
+        (tmp / f"{kind}.stderr").write_text(result.stderr)
         out[kind] = tmp / kind
     return out
 
@@ -37,6 +44,35 @@ def test_tensorboard_has_every_documented_tag_and_metrics_jsonl_the_same_numbers
     records = metrics(run_dir)
     assert [m["train/loss"] for m in records if "train/loss" in m] == pytest.approx(events["train/loss"])
     assert len(events["val/ppl"]) == 2 and all(math.isfinite(v) for v in events["val/ppl"])
+
+
+def test_stdout_that_is_a_file_gets_one_plain_line_per_log_step_with_the_val_loss(runs):
+    run_dir = runs["seqpe"]
+    stdout = (run_dir.parent / "seqpe.stdout").read_text()
+    lines = {int(m.group(1)): m.group(0) for m in re.finditer(r"^step (\d+)/4 \| .*$", stdout, re.MULTILINE)}
+    assert sorted(lines) == [1, 2, 3, 4], stdout  # log_every 1, eval_every 2
+    events = scalars(run_dir)
+    assert "val" not in lines[1]
+    assert f"| val {events['val/loss'][0]:.3f} (new) |" in lines[2]
+    assert f"| val {events['val/loss'][0]:.3f} (step 2) |" in lines[3]
+    assert f"| val {events['val/loss'][1]:.3f} (new) |" in lines[4]
+    assert re.search(r"\| loss \d+\.\d{3} \| .*\| lr \S+ \| \S+ tok/s \(\S+/dev\) \| step \S+s \(data \d+%\) \| "
+                     r"rss \d+\.\d GiB$", lines[4]), lines[4]
+    assert "step/s" not in (run_dir.parent / "seqpe.stderr").read_text(), "no progress bar in a file"
+    assert "MFU: no peak known for cpu; not reported" in stdout
+
+
+def test_operator_tags_in_tensorboard_and_the_parameter_count_once(runs):
+    run_dir = runs["seqpe"]
+    events = scalars(run_dir)
+    assert OPERATOR_TAGS <= set(events), OPERATOR_TAGS - set(events)
+    assert "mfu(%)" not in events and "memory/max_active(GiB)" not in events, "CPU: no peak, no CUDA memory"
+    stdout = (run_dir.parent / "seqpe.stdout").read_text()
+    parameters = int(re.search(r"^model: ([\d,]+) parameters", stdout, re.MULTILINE).group(1).replace(",", ""))
+    assert events["model/params"] == [parameters] and parameters > 10_000
+    assert all(0 <= share <= 100 for share in events["time_metrics/data_loading(%)"])
+    assert all(seconds > 0 for seconds in events["time_metrics/end_to_end(s)"])
+    assert events["throughput(tps)"] == pytest.approx(events["train/tokens_per_second"])  # one process
 
 
 @pytest.mark.parametrize("kind", POSITION_TYPES)

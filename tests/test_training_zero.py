@@ -37,3 +37,19 @@ def test_zero0_and_zero3_give_the_same_losses(runs):
     zero0, zero3 = train_losses(runs[0][1]), train_losses(runs[3][1])
     for step in range(1, 6):
         assert zero3[step] == pytest.approx(zero0[step], rel=1e-5, abs=1e-6), (step, zero0, zero3)
+
+
+def test_zero3_counts_the_model_flops_of_its_partitioned_parameters(runs):
+    """Under ZeRO-3 every rank holds a slice (numel() is 0 for the rest): FLOPs per token and the
+    parameter count must still be the whole model's, as with ZeRO-0."""
+    def per_token(run_dir):
+        # tflops is per device and tokens/s global: their ratio is the model FLOPs of one token.
+        logged = [m for m in metrics(run_dir) if "tflops" in m]
+        return [2 * m["tflops"] * 1e12 / m["train/tokens_per_second"] for m in logged]
+
+    def params(run_dir):
+        return [m["model/params"] for m in metrics(run_dir) if "model/params" in m]
+
+    assert params(runs[3][1]) == params(runs[0][1]) and params(runs[0][1])[0] > 0
+    for zero0, zero3 in zip(per_token(runs[0][1]), per_token(runs[3][1]), strict=True):
+        assert zero3 == pytest.approx(zero0, rel=1e-6)

@@ -16,7 +16,9 @@ from typing import Any, Mapping
 FORMAT_VERSION = 1
 KIND_TEXT = "text"
 KIND_IMAGE = "image"
-KINDS = (KIND_TEXT, KIND_IMAGE)
+#: Retrieval QA samples (`megaseqpe-prep qa`): token prompts + answers, tokenizer as for text.
+KIND_QA = "qa"
+KINDS = (KIND_TEXT, KIND_IMAGE, KIND_QA)
 SPLITS = ("train", "val")
 #: Why an input (a file, a dataset folder, or one record of a file of records) was left out of
 #: the shards. The last three came later: a manifest without them read them as 0.
@@ -266,7 +268,7 @@ def manifest_from_dict(data: Any, root: Path, source: str = "manifest.json",
     if expect is not None and kind != expect:
         raise r.fail("kind", f"is {kind!r}, the {expect} pipeline needs {expect!r}")
     part = _parse_part(r, data, partial)
-    tokenizer = _parse_tokenizer(r, data) if kind == KIND_TEXT else None
+    tokenizer = _parse_tokenizer(r, data) if kind in (KIND_TEXT, KIND_QA) else None
     image = _parse_image(r, data) if kind == KIND_IMAGE else None
     splits_obj = r.get(data, "", "splits", dict)
     splits = {name: _parse_split(r, r.get(splits_obj, "splits", name, dict), f"splits.{name}", root)

@@ -43,9 +43,12 @@ def main(argv: list[str] | None = None) -> int:
                              "RUN/eval (the run's own report is left as it is)")
     parser.add_argument("--split", help="manifest split (default: the run's data.val_split)")
     parser.add_argument("--max-tokens", type=int, default=32768, help="tokens scored per length (default: 32768)")
+    parser.add_argument("--task", choices=["qa"],
+                        help="qa: exact match on a `megaseqpe-prep qa` set per length and depth, written to "
+                             "qa.{json,md,png} (default for task: qa runs; a language-model run needs --data)")
     args = parser.parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from ..config import ConfigError
+    from ..config import ConfigError, load_config
     from ..data import CorruptShardError, ManifestError
     from ..rundir import CheckpointError, RunDir
     from .extrapolation import evaluate_run, markdown_table
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megaseqpe-eval: error: {RunDir(args.run).config} not found: not a run directory", file=sys.stderr)
         return 2
     try:
+        if args.task == "qa" or load_config(RunDir(args.run).config).task == "qa":
+            return _qa(args)
         result = evaluate_run(args.run, tag=args.checkpoint, lengths=args.lengths, manifest=args.data,
                               split=args.split, max_tokens=args.max_tokens, resolutions=args.resolutions,
                               max_images=args.max_images, out=args.out)
@@ -61,6 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(markdown_table(result), end="")
     print(f"wrote {args.out or RunDir(args.run).eval}/extrapolation.{{json,md,png}}")
+    return 0
+
+
+def _qa(args: argparse.Namespace) -> int:
+    """`--task qa` (or a qa run): exact match per length and depth, written as qa.{json,md,png}."""
+    from ..rundir import RunDir
+    from .qa import evaluate_qa, qa_table
+    result = evaluate_qa(args.run, tag=args.checkpoint, manifest=args.data, split=args.split, lengths=args.lengths,
+                         out=args.out)
+    print(qa_table(result), end="")
+    print(f"wrote {args.out or RunDir(args.run).eval}/qa.{{json,md,png}}")
     return 0
 
 

@@ -23,8 +23,12 @@ _NORMS = {"norm_attention": "ln_1", "norm_mlp": "ln_2"}
 
 
 def fits_gpt2(config: Config) -> bool:
-    """Whether the run is a 1-D learned-table GPT with biases: exactly what GPT2LMHeadModel computes."""
-    return config.position.type == "learned" and config.position.n_dims == 1 and config.model.bias
+    """Whether the run is a 1-D learned-table GPT of GPT-2's shape (LayerNorm, GELU MLP, multi-head
+    attention, biases): exactly what GPT2LMHeadModel computes. RMSNorm, SwiGLU or grouped-query
+    attention take the remote-code path."""
+    model = config.model
+    return (config.position.type == "learned" and config.position.n_dims == 1 and model.bias
+            and model.norm == "layernorm" and model.mlp == "gelu" and model.kv_heads == model.n_head)
 
 
 def gpt2_state(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
@@ -51,7 +55,7 @@ def write_gpt2(folder: Path, model: nn.Module, config: Config, eos_id: int, dtyp
     shape = config.model
     gpt2_config = GPT2Config(
         vocab_size=shape.vocab_size, n_positions=shape.max_seq_len, n_embd=shape.d_model, n_layer=shape.n_layer,
-        n_head=shape.n_head, n_inner=4 * shape.d_model, activation_function="gelu",  # F.gelu: exact, not gelu_new
+        n_head=shape.n_head, n_inner=shape.mlp_width, activation_function="gelu",  # F.gelu: exact, not gelu_new
         resid_pdrop=shape.dropout, embd_pdrop=shape.dropout, attn_pdrop=shape.attention_dropout,
         layer_norm_epsilon=1e-5, tie_word_embeddings=shape.tie_embeddings,
         bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)

@@ -19,6 +19,13 @@ Document masking (`documents`, per-token document ids of packed rows): a query s
 of its own document. sdpa and eager add a block-causal mask; flash runs flash-attn's varlen kernel
 with one sequence per document (`cu_seqlens`), so no mask is built. ALiBi's |i - j| is then a
 distance inside one document, where it equals the distance of the tokens' restarted positions.
+
+Grouped-query attention: k and v may have fewer heads than q (a divisor of them); query head h reads
+key/value head h // (q heads / kv heads), flash-attn's and LLaMA's grouping. flash-attn takes such k
+and v as they are; sdpa and eager repeat each k/v head for its group of query heads. Rotary and ALiBi
+apply per kv head (rotary is the same for every head), so a KV cache keeps the fewer heads. SeqPE's
+key terms (`pe_k`, `k_mul`) are per query head: there k and v are expanded to the query heads before
+them, which keeps the parameters GQA saves but not its attention compute or KV-cache memory.
 """
 from __future__ import annotations
 
@@ -78,6 +85,11 @@ def alibi_bias(slopes: torch.Tensor, n_query: int, n_key: int, device: torch.dev
     return -slopes.to(device=device, dtype=torch.float32)[:, None, None] * (i - j).abs()
 
 
+def repeat_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """k or v `[B, H_kv, N, d]` → `[B, heads, N, d]`, each kv head repeated for its query heads."""
+    return x if x.shape[1] == heads else x.repeat_interleave(heads // x.shape[1], dim=1)
+
+
 def _heads_first(pe: torch.Tensor, batch: int) -> torch.Tensor:
     """SeqPE extras or factors `[N, H, p]` or `[B|1, N, H, p]` → `[B, H, N, p]`."""
     if pe.dim() == 3:
@@ -92,7 +104,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
               rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
               alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
               cache: Optional[LayerCache] = None, documents: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Multi-head attention on q/k/v `[B, H, N, head_dim]` → `[B, H, N, head_dim]`.
+    """Multi-head attention on q `[B, H, N, head_dim]`, k/v `[B, H_kv, N, head_dim]` (H_kv divides H)
+    → `[B, H, N, head_dim]`.
 
     `scale` defaults to 1/sqrt(head_dim) of q *before* any SeqPE concatenation, as docs/method.md §1.3
     applies it to the whole logit. With `cache`, q, k and v are the new tokens' (the position
@@ -102,6 +115,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if documents is not None and cache is not None:
         raise ValueError("document masking applies to packed training rows; a KV cache holds one document")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if q.shape[1] % k.shape[1] or k.shape[1] != v.shape[1]:
+        raise ValueError(f"{k.shape[1]} key and {v.shape[1]} value heads do not group {q.shape[1]} query heads")
+    if pe_k is not None or k_mul is not None:  # per query head: see the module docstring
+        k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
     if (q_mul is None) != (k_mul is None):
         raise ValueError("q_mul and k_mul come together")
     if q_mul is not None:  # right after the head split, as the reference's attn_mul
@@ -136,6 +153,7 @@ def block_causal_mask(documents: torch.Tensor, causal: bool) -> torch.Tensor:
 
 
 def _eager(q, k, v, *, causal, scale, alibi_slopes, dropout_p, documents=None):
+    k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
     logits = (q @ k.transpose(-1, -2)).float() * scale
     n_query, n_key = logits.shape[-2:]
     if alibi_slopes is not None:
@@ -149,6 +167,8 @@ def _eager(q, k, v, *, causal, scale, alibi_slopes, dropout_p, documents=None):
 
 
 def _sdpa(q, k, v, *, causal, scale, alibi_slopes, dropout_p, documents=None):
+    # Repeated here rather than sdpa's enable_gqa, which not every fused kernel (CPU) takes.
+    k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
     n_query, n_key = q.shape[-2], k.shape[-2]
     mask = None if alibi_slopes is None else alibi_bias(alibi_slopes, n_query, n_key, q.device).to(q.dtype)
     if documents is not None:  # the causal part is in the block mask: is_causal stays off below
@@ -179,7 +199,8 @@ def document_cu_seqlens(documents: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def _flash(q, k, v, *, causal, scale, alibi_slopes, dropout_p, documents=None):
-    # flash-attn wants [B, N, H, d], one head width for q, k and v, a multiple of 8.
+    # flash-attn wants [B, N, H, d], one head width for q, k and v, a multiple of 8; it groups
+    # fewer k/v heads itself (GQA).
     width = -(-max(q.shape[-1], v.shape[-1]) // 8) * 8
     pad = lambda x: F.pad(x, (0, width - x.shape[-1])).transpose(1, 2)
     slopes = None if alibi_slopes is None else alibi_slopes.to(device=q.device, dtype=torch.float32)

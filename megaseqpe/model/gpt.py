@@ -3,6 +3,10 @@
 The model never asks which position scheme it has: it adds `signal.input_embedding` when there
 is one and hands each layer's `AttentionExtras` to the attention call. Parallelism (DeepSpeed
 ZeRO) is applied from outside, by the trainer.
+
+The trunk's shape follows the config: GPT-2's (LayerNorm, GELU MLP, multi-head attention, biases,
+tied head) by default, or today's LLaMA-style choices (`model.norm: rmsnorm`, `model.mlp: swiglu`,
+grouped-query attention with `model.n_kv_head`, `model.bias: false`, `model.tie_embeddings: false`).
 """
 from __future__ import annotations
 
@@ -20,13 +24,23 @@ from .attention import attention
 from .kv_cache import KVCache, LayerCache
 
 
+def make_norm(config: ModelConfig) -> nn.Module:
+    """The trunk's normalisation layer (`model.norm`); RMSNorm has no bias, as in LLaMA."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.d_model, eps=1e-5)
+    return nn.LayerNorm(config.d_model, bias=config.bias)
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention: causal for the decoder, bidirectional for the ViT."""
+    """Multi-head (or grouped-query) self-attention: causal for the decoder, bidirectional for the ViT."""
 
     def __init__(self, config: ModelConfig, causal: bool = True) -> None:
         super().__init__()
         self.n_head, self.backend, self.causal = config.n_head, config.attention_backend, causal
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.n_kv_head = config.kv_heads
+        # One fused projection: n_head query heads, then n_kv_head key and as many value heads (with
+        # n_kv_head = n_head, the [q | k | v] layout GPT-2 and our older checkpoints have).
+        self.qkv = nn.Linear(config.d_model, (config.n_head + 2 * self.n_kv_head) * config.head_dim, bias=config.bias)
         self.out = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.attention_dropout = config.attention_dropout
         self.residual_dropout = nn.Dropout(config.dropout)
@@ -34,31 +48,37 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, extras: AttentionExtras, cache: Optional[LayerCache] = None,
                 documents: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch, length, width = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
+        heads = self.qkv(x).view(batch, length, self.n_head + 2 * self.n_kv_head, -1).transpose(1, 2)
+        q, k, v = heads.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
         y = attention(q, k, v, causal=self.causal, backend=self.backend, cache=cache, documents=documents,
                       dropout_p=self.attention_dropout if self.training else 0.0, **extras.as_kwargs())
         return self.residual_dropout(self.out(y.transpose(1, 2).reshape(batch, length, width)))
 
 
 class MLP(nn.Module):
+    """GPT-2's `down(gelu(up(x)))` (exact GELU) or LLaMA's SwiGLU `down(silu(gate(x)) * up(x))`."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.up = nn.Linear(config.d_model, 4 * config.d_model, bias=config.bias)
-        self.down = nn.Linear(4 * config.d_model, config.d_model, bias=config.bias)
+        width = config.mlp_width
+        self.up = nn.Linear(config.d_model, width, bias=config.bias)
+        self.gate = nn.Linear(config.d_model, width, bias=config.bias) if config.mlp == "swiglu" else None
+        self.down = nn.Linear(width, config.d_model, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))
+        hidden = F.gelu(self.up(x)) if self.gate is None else F.silu(self.gate(x)) * self.up(x)
+        return self.dropout(self.down(hidden))
 
 
 class Block(nn.Module):
-    """Pre-LN Transformer block (causal attention unless `causal=False`)."""
+    """Pre-norm Transformer block (causal attention unless `causal=False`)."""
 
     def __init__(self, config: ModelConfig, causal: bool = True) -> None:
         super().__init__()
-        self.norm_attention = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.norm_attention = make_norm(config)
         self.attention = SelfAttention(config, causal)
-        self.norm_mlp = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.norm_mlp = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, extras: AttentionExtras, cache: Optional[LayerCache] = None,
@@ -95,7 +115,7 @@ class GPT(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.final_norm = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.final_norm = make_norm(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight

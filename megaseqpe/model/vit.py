@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..positions.base import PositionEncoding, PositionSignal, grid_positions
-from .gpt import Block, init_trunk
+from .gpt import Block, init_trunk, make_norm
 
 
 @dataclass
@@ -42,7 +42,7 @@ class ViT(nn.Module):
         self.cls_position = nn.Parameter(torch.zeros(config.d_model))
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, causal=False) for _ in range(config.n_layer))
-        self.final_norm = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.final_norm = make_norm(config)
         self.head = nn.Linear(config.d_model, config.num_classes, bias=config.bias)
         init_trunk(self, self.blocks)
         # The convolution keeps PyTorch's default (fan-in) initialisation, as in timm: patch

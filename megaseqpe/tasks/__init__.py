@@ -1,12 +1,14 @@
-"""Tasks shared by training and evaluation: `task: language_modeling | image_classification`."""
+"""Tasks shared by training and evaluation: `task: language_modeling | image_classification | qa`."""
 from __future__ import annotations
 
 from ..config import Config, ConfigError
 from .base import ExtrapolationRequest, StepLoss, Task
 from .images import ImageClassification
 from .language import LanguageModeling
+from .qa import QA
 
-TASKS: dict[str, type[Task]] = {"language_modeling": LanguageModeling, "image_classification": ImageClassification}
+TASKS: dict[str, type[Task]] = {"language_modeling": LanguageModeling, "image_classification": ImageClassification,
+                                "qa": QA}
 
 
 def build_task(config: Config) -> Task:
@@ -16,5 +18,5 @@ def build_task(config: Config) -> Task:
     return TASKS[config.task](config)
 
 
-__all__ = ["ExtrapolationRequest", "ImageClassification", "LanguageModeling", "StepLoss", "TASKS", "Task",
+__all__ = ["ExtrapolationRequest", "ImageClassification", "LanguageModeling", "QA", "StepLoss", "TASKS", "Task",
            "build_task"]

@@ -44,6 +44,9 @@ class Task:
 
     #: The tag of the task's own loss (`train/<name>`); `train/loss` adds the scheme's auxiliary losses.
     loss_tag: str
+    #: The task whose model this one builds and whose runs `train.init_from` accepts (None: itself);
+    #: `qa` fine-tunes a `language_modeling` model.
+    model_task: Optional[str] = None
 
     def __init__(self, config: Config) -> None:
         self.config = config

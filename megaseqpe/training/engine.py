@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
+from ..model.checkpointing import prepare_trunk
 from .launcher_env import detect as detect_environment
 
 
@@ -112,9 +113,12 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def build_engine(model: nn.Module, config: Config, world_size: int, load_universal: bool = False):
-    """`deepspeed.initialize` with torch AdamW (decay groups) and our warmup/decay schedule."""
+    """`deepspeed.initialize` with torch AdamW (decay groups) and our warmup/decay schedule; the
+    model's blocks are first checkpointed and compiled in place as model.activation_checkpointing and
+    train.compile say (before DeepSpeed wraps it, keeping every parameter name)."""
     import deepspeed
 
+    prepare_trunk(model, config.model.activation_checkpointing, config.train.compile)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.train.weight_decay), lr=config.train.lr,
                                   betas=config.train.betas)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, config))

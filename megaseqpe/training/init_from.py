@@ -7,6 +7,7 @@ The source tag's config (every tag carries the config that wrote it) must descri
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -17,13 +18,14 @@ from ..checkpoint_weights import load_weights
 from ..config import Config, ConfigError, load_config
 from ..data import ManifestError
 from ..rundir import CheckpointError, RunDir
-from ..tasks import Task
+from ..tasks import TASKS, Task
 from .resume_policy import flatten
 
 # Keys that give the weights their shapes or their meaning: they must equal the source's.
 MODEL_DEFINING = frozenset({
     "task", "model.n_layer", "model.n_head", "model.d_model", "model.vocab_size", "model.bias",
     "model.tie_embeddings", "model.patch_size", "model.channels", "model.num_classes",
+    "model.norm", "model.mlp", "model.mlp_hidden", "model.n_kv_head",
     "position.type", "position.n_dims", "position.base", "position.d_pe", "position.encoder_layers",
     "position.encoder_heads", "position.attn_direction", "position.mask_padding", "position.final_layernorm",
     "position.temperature", "position.use", "position.attn_scalar_proj", "position.scalar_scale",
@@ -37,6 +39,12 @@ SHAPE_BOUND = ("model.max_seq_len", "model.image_size", "position.max_position")
 def _differences(source: Config, config: Config, keys) -> list[str]:
     before, after = flatten(source), flatten(config)
     return [f"{key} {before[key]!r} → {after[key]!r}" for key in sorted(keys) if before[key] != after[key]]
+
+
+def _as_model_task(config: Config) -> Config:
+    """`config` with `task` named by the model it builds: a `qa` run starts from a language model."""
+    model_task = TASKS[config.task].model_task
+    return dataclasses.replace(config, task=model_task) if model_task else config
 
 
 @dataclass
@@ -73,7 +81,7 @@ class WeightSource:
     def check(self, config: Config, task: Task) -> None:
         """ConfigError naming every key in which `config` describes another model than the source,
         or (other data) a different tokenizer; checked before any weight is read."""
-        changed = _differences(self.config, config, MODEL_DEFINING)
+        changed = _differences(_as_model_task(self.config), _as_model_task(config), MODEL_DEFINING)
         if changed:
             raise ConfigError(f"train.init_from: cannot start from {self.name}: {'; '.join(changed)} would change "
                               "the model its weights belong to; keep the source's values "

@@ -29,11 +29,11 @@ from ..tasks import Task, build_task
 from .checkpoint import Checkpointer, rng_state
 from .divergence import DivergenceGuard
 from .engine import apply_optimisation, build_engine, init_distributed, optimizer_step
-from .flops import FlopCounter, peak_flops
+from .flops import FlopCounter, peak_flops, peak_source
 from .init_from import weight_source
 from .launcher_env import detect as detect_environment
 from .lifecycle import check_stale_build_lock, exit_with_parent
-from .metrics import MetricsLogger, StepResult, Throughput
+from .metrics import MetricsLogger, StepResult, StepTimer, Throughput, count_parameters
 from .run_lock import RunLock
 from .validation import Validator
 
@@ -103,6 +103,7 @@ class Trainer:
                                    every=train.eval_every, max_batches=train.eval_batches, max_steps=train.max_steps)
         self.metrics = self._metrics_logger(run, model)
         self.tokens_per_micro = config.data.micro_batch_size * self.task.sequence_length * self.world_size
+        self.timer = StepTimer()
         self.guard = DivergenceGuard(train.max_bad_steps, self.checkpointer, self.metrics.write)
         if self.state.tag is not None:
             self.metrics.write(f"resumed from {self.state.tag} (step {self.state.step})"
@@ -115,10 +116,14 @@ class Trainer:
 
     def _metrics_logger(self, run: RunDir, model: torch.nn.Module) -> MetricsLogger:
         flops = FlopCounter(model, self.config.model.n_layer, self.config.model.d_model, self.task.sequence_length)
-        throughput = Throughput(flops, peak_flops(self.device), self.world_size)
-        return MetricsLogger(run, enabled=self.rank == 0, start_step=self.state.step,
-                             max_steps=self.config.train.max_steps, log_every=self.config.train.log_every,
-                             throughput=throughput)
+        precision = self.config.train.precision
+        throughput = Throughput(flops, peak_flops(self.device, precision), self.world_size)
+        logger = MetricsLogger(run, enabled=self.rank == 0, start_step=self.state.step,
+                               max_steps=self.config.train.max_steps, log_every=self.config.train.log_every,
+                               throughput=throughput, device=self.device)
+        logger.announce(count_parameters(model.parameters()), count_parameters(model.position.encoder_parameters()),
+                        peak_source(self.device, precision))
+        return logger
 
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self, batches: Iterator[Any]) -> StepResult:
@@ -128,8 +133,9 @@ class Trainer:
         through one encoder pass. A micro-batch whose loss is non-finite on any rank is dropped on
         every rank before backward (DeepSpeed never sees it) and counted."""
         result = StepResult()
+        self.timer.start()
         while True:
-            batch = self.task.to_device(next(batches), self.device)
+            batch = self.task.to_device(self.timer.next(batches), self.device)
             plan = self.planner.plan(self.state.micro_step, self.rank, self.device)
             step_loss = self.task.training_loss(self.engine, batch, plan)
             self.state.micro_step += 1
@@ -143,6 +149,7 @@ class Trainer:
             result.tokens += self.tokens_per_micro
             result.encoder_tokens += step_loss.encoder_tokens * self.world_size
             if stepped:
+                result.seconds, result.data_seconds = self.timer.stop()
                 return self._finish_step(result, norm)
 
     def _drop_micro_batch(self, result: StepResult) -> None:
@@ -176,12 +183,12 @@ class Trainer:
                     return self._stop()
                 result = self.train_step(batches)
                 step = self.state.step
+                if self.validator.should_validate(step):  # before the step's record: its log line shows this val
+                    self.metrics.log(step, self.validator.run())
                 self.metrics.record_step(step, result, {"train/lr": self.engine.get_lr()[0],
                                                         "train/skipped_steps": float(self.state.skipped_steps),
                                                         "data/skipped_samples": float(self.loader.skipped_samples),
                                                         **self._source_tokens(step)})
-                if self.validator.should_validate(step):
-                    self.metrics.log(step, self.validator.run())
                 if self.checkpointer.should_save(step):
                     self._checkpoint()
             return 0

@@ -20,6 +20,8 @@ ADJUSTABLE = frozenset({
     "train.keep_last", "train.max_bad_steps", "data.on_corrupt", "data.val_split",
     "model.attention_backend", "run.dir",
     "train.init_from",  # read by a fresh run only: a resumed one already holds its weights
+    # How the trunk is computed, not what it is: parameter names and values are the same either way.
+    "model.activation_checkpointing", "train.compile",
 })
 OPTIMISATION = frozenset({
     "train.lr", "train.min_lr_ratio", "train.warmup_steps", "train.decay", "train.weight_decay",

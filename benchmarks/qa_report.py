@@ -1,0 +1,34 @@
+"""The QA study's section of benchmarks/REPORT.md (from results/qa_study.json): exact match vs
+context length per position type (mean over seeds), and the same as a figure."""
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+
+from _markdown import figure, table
+
+
+def qa_section(data: dict) -> list[str]:
+    config = data["config"]
+    lengths, train = [str(n) for n in config["lengths"]], config["length"]
+    by_variant = defaultdict(list)
+    for run in data["runs"]:
+        by_variant[run["variant"]].append(run)
+    mean = {name: {n: statistics.mean(r["em"][n] for r in runs) for n in lengths} for name, runs in by_variant.items()}
+    rows = [[name] + [f"{100 * em[n]:.1f}%" for n in lengths] + [runs[0]["method"][lengths[-1]]]
+            for (name, em), runs in zip(mean.items(), by_variant.values())]
+
+    def draw(ax):
+        for name, em in mean.items():
+            ax.plot([int(n) for n in lengths], [em[n] for n in lengths], marker="o", label=name)
+        ax.axvline(train, color="grey", linestyle=":", label="fine-tuning length")
+        ax.set(xscale="log", xlabel="context length (tokens)", ylabel="exact match", ylim=(-0.02, 1.02),
+               title="Passkey retrieval vs context length")
+
+    return ["## 5. Long-context retrieval QA", "",
+            f"`make study-qa`: each type fine-tuned from its pretrained study run on passkey retrieval (`task: qa`, "
+            f"{config['qa_steps']} steps at L = {train}, {config['train_samples']} samples, seeds {config['seeds']}), "
+            f"exact match of the greedy answer on {config['per_length']} test samples per length (5 depths). "
+            "Cells: mean over seeds.", ""] + \
+        table(["type"] + [f"{n} ({int(n) // train}L)" for n in lengths] + ["beyond L"], rows) + \
+        ["", figure("qa_em_vs_length", draw), ""]
