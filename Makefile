@@ -52,6 +52,32 @@ study-qa: install
 	$(PY) benchmarks/qa_study.py
 	$(PY) benchmarks/report.py
 
+# --- make bench-gpu: runs ON a lent GPU machine (python3 with torch, no venv, no network; see README,
+# "Benchmarks on a GPU"): bf16 backend equality, GPT-2 small SeqPE vs learned APE tokens/s and MFU,
+# eval memory at 16k, generation with/without the KV cache. Wheels carried in .whl are installed to
+# /tmp/site first. Writes benchmarks/results/gpu.json and REPORT.md (copied to $$OUT there).
+# GPU_ARGS="--smoke" runs it at tiny sizes (any machine, minutes on a CPU).
+GPU_ARGS ?=
+# make gpu-wheels: run HERE (with network): downloads GPU_WHEELS (pip specs or wheel URLs) as Python 3.12
+# manylinux x86-64 wheels into .whl (ignored by git; the device run carries it). The device image already
+# holds everything gpu.py imports (torch, numpy, pyyaml, tqdm), so the default is none. flash-attn is not
+# on PyPI as a wheel: add a release wheel built for the device's torch and CUDA (and Python 3.12), e.g.
+# GPU_WHEELS=https://github.com/Dao-AILab/flash-attention/releases/download/<tag>/flash_attn-<...>.whl
+GPU_WHEELS ?=
+GPU_PLATFORMS := --platform manylinux1_x86_64 --platform manylinux2014_x86_64 \
+	$(foreach n,17 24 27 28 31 34 35,--platform manylinux_2_$(n)_x86_64)
+
+.PHONY: bench-gpu gpu-wheels
+
+bench-gpu:
+	sh benchmarks/gpu_setup.sh $(GPU_ARGS)
+
+gpu-wheels: $(PY)
+	mkdir -p .whl
+	$(if $(strip $(GPU_WHEELS)),$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(GPU_PLATFORMS) -d .whl $(GPU_WHEELS),@echo "GPU_WHEELS is empty: the device image has every package benchmarks/gpu.py needs")
+	@du -sh .whl; echo "a device run carries at most 64 MiB in all: carry [\".whl\"]"
+
 # --- make demo: stdlib corpus → tokenizer → shards → 2-process DeepSpeed training → extrapolation.
 # Every product is a file target, so a second `make demo` reuses what exists (training resumes
 # from its checkpoint and stops at once when it is complete).

@@ -36,11 +36,12 @@ EVAL_VARIANTS = ("eval_learned", "eval_seqpe")
 
 class EveryOccurrenceSeqPE(SeqPE):
     """SeqPE without de-duplication: one encoder row per occurrence and every digit token of
-    every row computed (no shared prefixes), as the reference does."""
+    every row computed in every layer (no shared prefixes), as the reference does."""
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
         self.encoder.share_prefixes = False
+        self.encoder.summary_only_last_layer = False
 
     def _encode_unique(self, position_tensors):
         flat = [p.reshape(-1, self.n_dims) for p in position_tensors]
@@ -83,13 +84,13 @@ class Variant:
         sample = None
         if self.objectives is not None:
             sample = self.objectives.sample((self.seq_len,), np.random.default_rng(self.step),
-                                            np.random.default_rng([7, self.step]))
+                                            np.random.default_rng([7, self.step]), seed=0, step=self.step, rank=0)
         out = self.model(self.tokens[:, :-1], positions=self.positions, targets=self.tokens[:, 1:],
                          objectives=sample)
         signal = out.position_signal
         loss = out.loss + sum(signal.aux_losses.values())
-        if "unique_positions" in signal.stats:  # the naive variant's "unique" rows are every occurrence
-            self.encoded.append(signal.stats["unique_positions"])
+        if "train/unique_positions" in signal.stats:  # the naive variant's "unique" rows are every occurrence
+            self.encoded.append(signal.stats["train/unique_positions"])
         loss.backward()
         self.model.zero_grad(set_to_none=True)
 

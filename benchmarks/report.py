@@ -12,6 +12,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _markdown import figure, table  # noqa: E402
 from activation_report import activation_section  # noqa: E402
+from gpu_report import gpu_section  # noqa: E402
 from qa_report import qa_section  # noqa: E402
 from study_report import study_section  # noqa: E402
 
@@ -123,8 +124,10 @@ def main() -> None:
     for name, render in sections.items():
         data = load(name)
         lines += render(data) if data else [f"## {name}", "", f"not run: benchmarks/results/{name}.json is missing", ""]
-    lines += ["## 6. GPU", "", "No GPU was lent to the session that made this report: GPT-2 small tokens/s and MFU "
-              "with flash-attn / SDPA in bf16 are not measured here (run `make bench` on a GPU machine).", ""]
+    gpu = load("gpu")  # written by `make bench-gpu` on a lent GPU (README: Benchmarks on a GPU)
+    lines += gpu_section(gpu) if gpu else [
+        "## 6. GPU", "", "No GPU was lent to the session that made this report: GPT-2 small tokens/s and MFU "
+        "in bf16 are not measured here (`make bench-gpu` on a GPU machine writes benchmarks/results/gpu.json).", ""]
     (HERE / "REPORT.md").write_text("\n".join(lines))
     print(f"wrote {HERE / 'REPORT.md'}")
 

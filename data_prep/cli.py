@@ -16,6 +16,7 @@ from typing import NoReturn, Sequence
 from megaseqpe.data import stdlib_sources
 from megaseqpe.data.demo_corpus import first_files
 from megaseqpe.data.manifest import PartInfo
+from megaseqpe.evaluation.cli import comma_separated_sizes
 
 from .corpus import read_documents
 from .discovery import discover_files, input_root
@@ -194,16 +195,6 @@ def _add_images_command(sub) -> None:
                     help="replace manifest.json and shards of an earlier run in DIR")
 
 
-def _lengths(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"lengths must be positive, got {text!r}")
-    return values
-
-
 def _add_qa_command(sub) -> None:
     qa = sub.add_parser("qa", formatter_class=_HelpFormatter, help="a synthetic retrieval-QA set (passkey)",
                         description="Write a passkey retrieval-QA set: filler from --corpus, the fact \"The pass "
@@ -220,7 +211,7 @@ def _add_qa_command(sub) -> None:
     qa.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     qa.add_argument("--train-length", type=_positive, required=True, metavar="L",
                     help="the fine-tuning length (the pretrained run's model.max_seq_len)")
-    qa.add_argument("--lengths", type=_lengths, metavar="N,N,...", help="test lengths (default: L,2L,4L,8L,16L)")
+    qa.add_argument("--lengths", type=comma_separated_sizes, metavar="N,N,...", help="test lengths (default: L,2L,4L,8L,16L)")
     qa.add_argument("--per-length", type=_positive, default=100, metavar="N",
                     help="test samples per length (and val samples), spread evenly over the depths")
     qa.add_argument("--train-samples", type=_positive, default=2000, metavar="N", help="training samples")

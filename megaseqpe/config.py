@@ -98,7 +98,11 @@ class ModelConfig:
     attention_dropout: float = 0.0
     """Dropout on the trunk's attention weights, in [0, 1)."""
     attention_backend: str = "auto"
-    """Attention kernel: auto = flash when it can run (flash-attn, CUDA, fp16/bf16), else sdpa; eager = explicit."""
+    """Attention kernel: auto = flash when it can run (flash-attn, CUDA, fp16/bf16), else sdpa; eager = explicit;
+    flex = torch's FlexAttention, SeqPE attn_scalar's pe_q.pe_k term added as a score bias built once per forward
+    pass (shared by every layer and row with attn_scalar_proj: single), no concatenation or v padding. auto never
+    picks flex: it has no GPU measurement yet. flex has no attention dropout, and on CPU no backward (evaluation
+    only there); its bias is a dense [B|1, heads, N, N] float32 tensor (12 GB at N = 16k with 12 heads)."""
     activation_checkpointing: str = "none"
     """Recompute the trunk's activations in the backward instead of keeping them (training only; same losses and
     gradients): none; full = every block keeps only its input; selective = every block keeps the outputs of its
@@ -143,6 +147,8 @@ class ModelConfig:
         _choice(self.attention_backend, "model.attention_backend", registered("model.attention_backend"))
         for key in ("dropout", "attention_dropout"):
             _check(0.0 <= getattr(self, key) < 1.0, f"model.{key}", "must be in [0, 1)")
+        _check(self.attention_backend != "flex" or self.attention_dropout == 0.0, "model.attention_dropout",
+               "must be 0 with model.attention_backend: flex (FlexAttention has no attention dropout)")
         _choice(self.activation_checkpointing, "model.activation_checkpointing", ACTIVATION_CHECKPOINTING)
         self._check_shape()
 

@@ -14,6 +14,7 @@ from megaseqpe.training.cli import main as train_main
     (["position.distill_num=40"], "position.distill_num: 40 exceeds the 32 training positions"),
     (["position.contrastive_mode_shares=[0.5, 0.5, 0.5]"], "position.contrastive_mode_shares: needs three"),
     (["model.attention_backend=flash"], "model.attention_backend: 'flash' needs flash-attn installed"),
+    (["model.attention_backend=flex"], "model.attention_backend: 'flex' trains on CUDA only"),
     (["model.vocab_size=10"], "model.vocab_size=10 is smaller than the tokenizer's vocabulary"),
 ])
 def test_config_mistakes_stop_the_run_before_it_starts(tmp_path, data_manifest, capsys, overrides, message):

@@ -27,7 +27,6 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.filters import shuffle as wds_shuffle
 
 from .manifest import KIND_TEXT, Manifest, load_manifest
 from .packing import pack_rows
@@ -158,6 +157,9 @@ class ShardStreamDataset(IterableDataset):
         samples = (doc for index in self.epoch_shards(reader, epoch)
                    for doc in iter_shard_samples(self.manifest.shard_path(self.shards[index]),
                                                  self.shards[index], self.on_corrupt, count, self.decode))
+        # Imported here: models, tasks and `benchmarks/gpu.py` import this package on machines without webdataset.
+        from webdataset.filters import shuffle as wds_shuffle
+
         rng = random.Random(f"megaseqpe-samples/{self.seed}/{reader}/{epoch}")
         initial = min(self.shuffle_buffer, 100)
         return iter(wds_shuffle(self.shuffle_buffer, initial, rng=rng)(samples))

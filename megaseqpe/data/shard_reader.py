@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from webdataset.handlers import reraise_exception
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from .manifest import ShardInfo
 from .samples import SampleFormatError, decode_tokens
@@ -61,6 +59,10 @@ def worker_error(error: CorruptShardError) -> CorruptShardError:
 def iter_raw_samples(path: Path, data: bytes | None = None) -> Iterator[dict[str, Any]]:
     """Every sample of a tar as a dict of member bytes keyed by extension (WebDataset grouping),
     parsed from ``data`` when the shard's bytes were read already, else streamed from ``path``."""
+    # Imported here: models, tasks and `benchmarks/gpu.py` import this package on machines without webdataset.
+    from webdataset.handlers import reraise_exception
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
     with (io.BytesIO(data) if data is not None else open(path, "rb")) as stream:
         files = tar_file_expander([{"url": str(path), "stream": stream}], handler=reraise_exception)
         yield from group_by_keys(files, handler=reraise_exception)

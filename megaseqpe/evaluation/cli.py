@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 
-def _sizes(text: str) -> list[int]:
+def comma_separated_sizes(text: str) -> list[int]:
+    """argparse type of --lengths / --resolutions: positive integers separated by commas."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -30,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                     "RUN/eval/extrapolation.{json,md,png}.")
     parser.add_argument("--run", required=True, type=Path, help="run directory written by megaseqpe-train")
     parser.add_argument("--checkpoint", help="checkpoint tag (default: the run's latest)")
-    parser.add_argument("--lengths", type=_sizes, help="text runs: comma-separated lengths (default: L,2L,4L,8L,16L)")
-    parser.add_argument("--resolutions", type=_sizes,
+    parser.add_argument("--lengths", type=comma_separated_sizes, help="text runs: comma-separated lengths (default: L,2L,4L,8L,16L)")
+    parser.add_argument("--resolutions", type=comma_separated_sizes,
                         help="image runs: comma-separated image sides in pixels, multiples of the patch size "
                              "(default: 1x, 1.5x, 2x, 3x the training resolution)")
     parser.add_argument("--max-images", type=int,

@@ -18,6 +18,7 @@ from ..data import load_manifest
 from ..rundir import RunDir
 from ..tasks.qa import QA_SPLIT, score_qa
 from .trained import load_trained
+from .report import report_dirs
 
 
 def evaluate_qa(run_dir: Path, *, tag: Optional[str] = None, manifest: Optional[str] = None,
@@ -42,9 +43,7 @@ def evaluate_qa(run_dir: Path, *, tag: Optional[str] = None, manifest: Optional[
 
 def write_qa_report(run: RunDir, result: dict, out: Optional[Path] = None) -> None:
     """qa.{json,md,png} and TensorBoard scalars into RUN/eval and RUN/tensorboard, or OUT and OUT/tensorboard."""
-    tensorboard = run.tensorboard if out is None else out / "tensorboard"
-    out = run.eval if out is None else out
-    out.mkdir(parents=True, exist_ok=True)
+    out, tensorboard = report_dirs(run, out)
     (out / "qa.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "qa.md").write_text(qa_table(result))
     plot_heatmap(result, out / "qa.png")

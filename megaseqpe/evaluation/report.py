@@ -45,13 +45,20 @@ def series(result: dict, key: str) -> dict[str, dict]:
     return result[key] if metric.by_series else {metric.title: result[key]}
 
 
+def report_dirs(run: RunDir, out: Optional[Path] = None) -> tuple[Path, Path]:
+    """Where an evaluation report goes, created: (RUN/eval, RUN/tensorboard), or (OUT, OUT/tensorboard)
+    when `out` is given, so that the run's own report stays as it is."""
+    tensorboard = run.tensorboard if out is None else out / "tensorboard"
+    out = run.eval if out is None else out
+    out.mkdir(parents=True, exist_ok=True)
+    return out, tensorboard
+
+
 def write_report(run: RunDir, result: dict, out: Optional[Path] = None) -> None:
     """extrapolation.{json,md,png} and TensorBoard scalars into the run (RUN/eval, RUN/tensorboard),
     or, given `out`, into OUT and OUT/tensorboard, leaving the run's own report as it is."""
     metric = metric_of(result)
-    tensorboard = run.tensorboard if out is None else out / "tensorboard"
-    out = run.eval if out is None else out
-    out.mkdir(parents=True, exist_ok=True)
+    out, tensorboard = report_dirs(run, out)
     (out / "extrapolation.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "extrapolation.md").write_text(markdown_table(result))
     plot(result, out / "extrapolation.png")

@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="megaseqpe-generate",
         description="Continue a prompt with a text run's model (its checkpoint's consolidated weights, the "
                     "SentencePiece tokenizer of its manifest), through a KV cache. The prompt starts a "
-                    "document (it follows an end-of-document token, as documents do in training); "
+                    "document (it follows an end-of-document token, as documents do in training, or a BOS "
+                    "for runs trained with data.document_masking); "
                     "generation stops at --max-new-tokens or at end-of-document. Positions beyond the "
                     "training length are reached as megaseqpe-eval reaches them.",
         epilog="Exit codes: 0 done, 2 bad input (run, checkpoint, manifest, tokenizer, an image run).")

@@ -1,12 +1,14 @@
 """Attention with interchangeable kernels behind one signature.
 
 Backends: `flash` (flash-attn, CUDA, fp16/bf16), `sdpa` (torch.nn.functional.
-scaled_dot_product_attention), `eager` (explicit softmax, the readable reference), and `auto`
-(flash when it can run, else sdpa). Position schemes plug in as:
+scaled_dot_product_attention), `eager` (explicit softmax, the readable reference), `flex`
+(torch.nn.attention.flex_attention, see below), and `auto` (flash when it can run, else sdpa).
+Position schemes plug in as:
 
 - SeqPE `attn_scalar` (docs/method.md §1.3): logit(i, j) = scale * (q_i.k_j + s * pe_q_i.pe_k_j). We
   concatenate `s * pe_q` to q and `pe_k` to k, so every kernel computes it as an ordinary
-  dot product with an explicit scale: no [B, H, N, N] bias is ever built on a fused path.
+  dot product with an explicit scale: no [B, H, N, N] bias is built on flash or sdpa (flex
+  instead reads one bias, built once per pass: see below).
 - SeqPE `attn_mul`: q and k are multiplied elementwise by per-position factors `q_mul`, `k_mul`
   before the kernel, so every kernel sees ordinary q and k.
 - rotary: `(cos, sin)` rotate q and k before the kernel.
@@ -26,14 +28,30 @@ and v as they are; sdpa and eager repeat each k/v head for its group of query he
 apply per kv head (rotary is the same for every head), so a KV cache keeps the fewer heads. SeqPE's
 key terms (`pe_k`, `k_mul`) are per query head: there k and v are expanded to the query heads before
 them, which keeps the parameters GQA saves but not its attention compute or KV-cache memory.
+
+FlexAttention (`flex`): SeqPE `attn_scalar`'s term is a score bias `[B|1, H, N, N]` (float32,
+`seqpe_score_bias`) that a `score_mod` reads by index, so q, k and v keep their own widths (no
+concatenation, no v padding) and k/v their fewer GQA heads. A model builds it once per pass outside
+its blocks (`with_score_bias`): with one projection for the whole model (SeqPE `single`) every
+layer and batch row then shares one bias, where concatenation recomputes it per layer and row.
+ALiBi is in the `score_mod`; causality (queries aligned to the last keys) and documents are a block
+mask. Behind a KV cache the cached keys carry their pe_k inside k, as with every other backend, so
+flex concatenates there (still without v padding). On CUDA flex runs compiled (fused, with a
+backward, gradients reaching pe_q/pe_k through the bias); on CPU torch's FlexAttention runs
+unfused and forward only, for evaluation and equality checks. The bias is dense: 12 heads at
+N = 16k take 12 GB, so long-context evaluation belongs to sdpa or flash.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from ..config import ConfigError
 from .kv_cache import LayerCache
@@ -43,7 +61,7 @@ try:  # optional: the [gpu] extra
 except ImportError:  # pragma: no cover - depends on the machine
     flash_attn_func = flash_attn_varlen_func = None
 
-BACKENDS = ("auto", "flash", "sdpa", "eager")  # the registry `model.attention_backend` is checked against
+BACKENDS = ("auto", "flash", "sdpa", "eager", "flex")  # the registry `model.attention_backend` is checked against
 
 
 def flash_available(q: torch.Tensor) -> bool:
@@ -51,9 +69,13 @@ def flash_available(q: torch.Tensor) -> bool:
     return flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
 
-def check_backend(backend: str, *, cuda: bool, half_precision: bool) -> None:
-    """Start-up check that `backend` can run on this machine at this precision, so that a run
-    fails before its first step (ConfigError naming the key) rather than in its first forward."""
+def check_backend(backend: str, *, cuda: bool, half_precision: bool, training: bool = False) -> None:
+    """Start-up check that `backend` can run on this machine at this precision (and, `training`,
+    with a backward), so that a run fails before its first step (ConfigError naming the key)
+    rather than in its first forward."""
+    if backend == "flex" and training and not cuda:
+        raise ConfigError("model.attention_backend: 'flex' trains on CUDA only (torch's FlexAttention has no "
+                          "backward on CPU); use sdpa, or flex for evaluation")
     if backend == "flash" and not (flash_attn_func is not None and cuda and half_precision):
         raise ConfigError("model.attention_backend: 'flash' needs flash-attn installed (pip install '.[gpu]'), "
                           f"a CUDA device and bf16/fp16 (flash-attn installed: {flash_attn_func is not None}, "
@@ -90,6 +112,28 @@ def repeat_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x if x.shape[1] == heads else x.repeat_interleave(heads // x.shape[1], dim=1)
 
 
+def seqpe_score_bias(pe_q: torch.Tensor, pe_k: torch.Tensor, pe_scale: float) -> torch.Tensor:
+    """SeqPE attn_scalar's logit term `pe_scale * pe_q[i].pe_k[j]` (before the attention scale) as a
+    `[B|1, heads, Nq, Nk]` bias, from extras `[N, H, p]` or `[B|1, N, H, p]`. At least float32, even
+    under autocast: a bf16 bias would round each logit, which the concatenated kernels never do."""
+    dtype = torch.promote_types(pe_q.dtype, torch.float32)
+    pe_q, pe_k = (pe if pe.dim() == 4 else pe.unsqueeze(0) for pe in (pe_q, pe_k))
+    with torch.autocast(pe_q.device.type, enabled=False):
+        return pe_scale * torch.einsum("bihp,bjhp->bhij", pe_q.to(dtype), pe_k.to(dtype))
+
+
+def with_score_bias(signal: Any, backend: str) -> Any:
+    """A copy of the PositionSignal `signal` whose extras carry `pe_bias`, SeqPE's term built once,
+    when `backend` reads it as a score bias (flex); `signal` itself otherwise. A model calls this once
+    per pass, outside its (possibly checkpointed or compiled) blocks, which then take the bias as an
+    input: layers sharing one extras object share one bias."""
+    if backend != "flex" or not any(extras.pe_q is not None for extras in signal.layers):
+        return signal
+    layers = [extras if extras.pe_q is None else dataclasses.replace(
+        extras, pe_bias=seqpe_score_bias(extras.pe_q, extras.pe_k, extras.pe_scale)) for extras in signal.layers]
+    return dataclasses.replace(signal, layers=layers)
+
+
 def _heads_first(pe: torch.Tensor, batch: int) -> torch.Tensor:
     """SeqPE extras or factors `[N, H, p]` or `[B|1, N, H, p]` → `[B, H, N, p]`."""
     if pe.dim() == 3:
@@ -103,7 +147,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
               pe_scale: float = 1.0, q_mul: Optional[torch.Tensor] = None, k_mul: Optional[torch.Tensor] = None,
               rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
               alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
-              cache: Optional[LayerCache] = None, documents: Optional[torch.Tensor] = None) -> torch.Tensor:
+              cache: Optional[LayerCache] = None, documents: Optional[torch.Tensor] = None,
+              pe_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Multi-head attention on q `[B, H, N, head_dim]`, k/v `[B, H_kv, N, head_dim]` (H_kv divides H)
     → `[B, H, N, head_dim]`.
 
@@ -111,31 +156,39 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     applies it to the whole logit. With `cache`, q, k and v are the new tokens' (the position
     extras theirs too), and they attend to every cached key as well. `documents` `[B, N]`: each
     token's document id (equal ids are contiguous); a query attends only inside its document.
+    `pe_bias`: `seqpe_score_bias(pe_q, pe_k, pe_scale)` built once by the caller (`with_score_bias`);
+    flex reads it instead of building its own, the other backends concatenate pe_q and pe_k.
     """
     if documents is not None and cache is not None:
         raise ValueError("document masking applies to packed training rows; a KV cache holds one document")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if q.shape[1] % k.shape[1] or k.shape[1] != v.shape[1]:
         raise ValueError(f"{k.shape[1]} key and {v.shape[1]} value heads do not group {q.shape[1]} query heads")
-    if pe_k is not None or k_mul is not None:  # per query head: see the module docstring
-        k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
     if (q_mul is None) != (k_mul is None):
         raise ValueError("q_mul and k_mul come together")
+    if (pe_q is None) != (pe_k is None):
+        raise ValueError("pe_q and pe_k come together")
+    name = resolve_backend(backend, q)
+    # flex adds pe_q.pe_k as a score bias; behind a cache it concatenates (see the module docstring).
+    as_bias = name == "flex" and cache is None and pe_q is not None
+    if (pe_k is not None and not as_bias) or k_mul is not None:  # per query head: see the module docstring
+        k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
     if q_mul is not None:  # right after the head split, as the reference's attn_mul
         q = q * _heads_first(q_mul, q.shape[0]).to(q.dtype)
         k = k * _heads_first(k_mul, k.shape[0]).to(k.dtype)
     if rotary is not None:
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-    if (pe_q is None) != (pe_k is None):
-        raise ValueError("pe_q and pe_k come together")
-    if pe_q is not None:
+    if pe_q is not None and not as_bias:
         q = torch.cat([q, pe_scale * _heads_first(pe_q, q.shape[0]).to(q.dtype)], dim=-1)
         k = torch.cat([k, _heads_first(pe_k, k.shape[0]).to(k.dtype)], dim=-1)
     if cache is not None:  # after the position terms, so that each cached key keeps its own
         k, v = cache.append(k, v)
-    kernel = _KERNELS[resolve_backend(backend, q)]
-    return kernel(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes, dropout_p=dropout_p,
-                  documents=documents)
+    options = dict(causal=causal, scale=scale, alibi_slopes=alibi_slopes, dropout_p=dropout_p, documents=documents)
+    if name == "flex":
+        if as_bias and pe_bias is None:
+            pe_bias = seqpe_score_bias(pe_q, pe_k, pe_scale)
+        return _flex(q, k, v, bias=pe_bias if as_bias else None, **options)
+    return _KERNELS[name](q, k, v, **options)
 
 
 def _future(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
@@ -179,13 +232,23 @@ def _sdpa(q, k, v, *, causal, scale, alibi_slopes, dropout_p, documents=None):
         future = _future(n_query, n_key, q.device)
         mask = ~future if mask is None else mask.masked_fill(future, float("-inf"))
     width = v.shape[-1]
-    if width != q.shape[-1]:
-        # Fused kernels (CPU and CUDA) need equal widths, else torch falls back to the math kernel,
-        # which materialises [B, H, N, N] (24x slower at N=8192 on CPU). Zero channels change nothing.
+    if _pads_v(q, v, mask):  # zero channels change nothing
         v = F.pad(v, (0, q.shape[-1] - width))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                          is_causal=causal and mask is None, scale=scale)
     return out[..., :width]
+
+
+def _pads_v(q: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> bool:
+    """Whether sdpa needs v zero-padded to the (SeqPE-widened) q/k width. CPU's fused kernel and
+    CUDA's flash kernel take equal widths only, else torch falls back to the math kernel, which
+    materialises [B, H, N, N] (CPU: 24x slower at N=8192; 6.7x at N=2048 with v 16 wide for q 24).
+    CUDA's memory-efficient kernel takes a narrower v (widths multiples of 8), and flash takes no
+    attn_mask: with a mask the padded call runs memory-efficient anyway, so v goes unpadded there.
+    Without a mask, padded flash against unpadded memory-efficient is unmeasured: padded, as before."""
+    if v.shape[-1] == q.shape[-1]:
+        return False
+    return not (q.is_cuda and mask is not None and q.shape[-1] % 8 == 0 and v.shape[-1] % 8 == 0)
 
 
 def document_cu_seqlens(documents: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -217,4 +280,62 @@ def _flash(q, k, v, *, causal, scale, alibi_slopes, dropout_p, documents=None):
     return out.transpose(1, 2)[..., : v.shape[-1]]
 
 
-_KERNELS = {"eager": _eager, "sdpa": _sdpa, "flash": _flash}
+@functools.cache
+def _compiled_flex_attention() -> Any:
+    """FlexAttention compiled once, on first use (importing this module stays cheap): uncompiled
+    it is torch's unfused reference, which CPU runs (its only path) and a compiled block inlines."""
+    return torch.compile(flex_attention)
+
+
+def _flex_score_mod(bias: Optional[torch.Tensor], slopes: Optional[torch.Tensor], scale: float,
+                    offset: int, batch: int, device: torch.device) -> Optional[Any]:
+    """FlexAttention's `score_mod` adding `scale * bias[b, h, i, j]` (SeqPE) and ALiBi's
+    `-slope[h] * |i + offset - j|` (queries aligned to the last keys) to the scaled q.k score."""
+    if bias is None and slopes is None:
+        return None
+    bias = None if bias is None else bias.expand(batch, -1, -1, -1)  # a view: one bias for every row
+    slopes = None if slopes is None else slopes.to(device=device, dtype=torch.float32)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if bias is not None:
+            score = score + scale * bias[b, h, q_idx, kv_idx]
+        if slopes is not None:
+            score = score - slopes[h] * (q_idx + offset - kv_idx).abs()
+        return score
+    return score_mod
+
+
+def _flex_block_mask(documents: Optional[torch.Tensor], causal: bool, n_query: int, n_key: int,
+                     device: torch.device) -> Optional[BlockMask]:
+    """The keys each query may see: its document's (documents never come with a cache) and, when
+    causal, none after it, queries aligned to the last keys."""
+    offset = n_key - n_query
+    if documents is not None:
+        def in_document(b, h, q_idx, kv_idx):
+            same = documents[b, q_idx] == documents[b, kv_idx]
+            return same & (q_idx >= kv_idx) if causal else same
+        return create_block_mask(in_document, documents.shape[0], None, n_query, n_key, device=device)
+    if not causal:
+        return None
+
+    def not_future(b, h, q_idx, kv_idx):
+        return q_idx + offset >= kv_idx
+    return create_block_mask(not_future, None, None, n_query, n_key, device=device)
+
+
+def _flex(q, k, v, *, causal, scale, alibi_slopes, dropout_p, documents=None, bias=None):
+    if dropout_p:
+        raise ValueError("attention backend 'flex' has no attention dropout; set model.attention_dropout: 0 or use sdpa")
+    if q.device.type == "cpu" and any(t.requires_grad for t in (q, k, v)):
+        raise RuntimeError("attention backend 'flex' has no backward on CPU (torch's FlexAttention): "
+                           "run it under torch.no_grad there, or train with sdpa")
+    n_query, n_key = q.shape[-2], k.shape[-2]
+    score_mod = _flex_score_mod(bias, alibi_slopes, scale, n_key - n_query, q.shape[0], q.device)
+    block_mask = _flex_block_mask(documents, causal, n_query, n_key, q.device)
+    fused = q.device.type != "cpu" and not torch.compiler.is_compiling()
+    kernel = _compiled_flex_attention() if fused else flex_attention
+    return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                  enable_gqa=q.shape[1] != k.shape[1])
+
+
+_KERNELS = {"eager": _eager, "sdpa": _sdpa, "flash": _flash}  # flex also takes the bias: called apart

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..positions.base import AttentionExtras, PositionEncoding, PositionSignal, default_positions
-from .attention import attention
+from .attention import attention, with_score_bias
 from .kv_cache import KVCache, LayerCache
 
 
@@ -142,8 +142,10 @@ class GPT(nn.Module):
         if signal.input_embedding is not None:
             x = x + signal.input_embedding.to(x.dtype)
         x = self.dropout(x)
+        # A score bias (flex) is built here once for every block; a KV cache holds pe_k in its keys instead.
+        attending = signal if cache is not None else with_score_bias(signal, self.config.attention_backend)
         for index, block in enumerate(self.blocks):
-            x = block(x, signal.for_layer(index), None if cache is None else cache.layers[index], documents)
+            x = block(x, attending.for_layer(index), None if cache is None else cache.layers[index], documents)
         logits = self.lm_head(self.final_norm(x))
         loss = None
         if targets is not None:

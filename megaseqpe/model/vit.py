@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..positions.base import PositionEncoding, PositionSignal, grid_positions
+from .attention import with_score_bias
 from .gpt import Block, init_trunk, make_norm
 
 
@@ -78,8 +79,9 @@ class ViT(nn.Module):
         if signal.input_embedding is not None:
             x = x + signal.input_embedding.to(x.dtype)
         x = self.dropout(x)
+        attending = with_score_bias(signal, self.config.attention_backend)  # flex: SeqPE's bias once, not per layer
         for index, block in enumerate(self.blocks):
-            x = block(x, signal.for_layer(index))
+            x = block(x, attending.for_layer(index))
         logits = self.head(self.final_norm(x[:, 0]))
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return ViTOutput(logits=logits, loss=loss, position_signal=signal)

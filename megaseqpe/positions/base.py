@@ -23,6 +23,8 @@ class AttentionExtras:
     q_mul, k_mul: `[B|1, N, heads, head_dim]`, SeqPE `attn_mul` (q *= q_mul, k *= k_mul elementwise).
     rotary: `(cos, sin)`, each `[B|1, N, head_dim // 2]`, applied to q and k.
     alibi_slopes: `[heads]`, a linear distance penalty per head.
+    pe_bias: `[B|1, heads, N, N]` (float32 or wider), `pe_scale * pe_q.pe_k` built once per pass for a
+    kernel that adds it as a score bias (`megaseqpe.model.attention.with_score_bias`); else None.
     """
 
     pe_q: Optional[torch.Tensor] = None
@@ -32,6 +34,7 @@ class AttentionExtras:
     k_mul: Optional[torch.Tensor] = None
     rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     alibi_slopes: Optional[torch.Tensor] = None
+    pe_bias: Optional[torch.Tensor] = None
 
     def with_unpositioned_prefix(self, count: int) -> "AttentionExtras":
         """The same extras for `count` extra leading tokens that have no position (a ViT's CLS).
@@ -52,7 +55,8 @@ class AttentionExtras:
 
     def as_kwargs(self) -> dict:
         return {"pe_q": self.pe_q, "pe_k": self.pe_k, "pe_scale": self.pe_scale, "q_mul": self.q_mul,
-                "k_mul": self.k_mul, "rotary": self.rotary, "alibi_slopes": self.alibi_slopes}
+                "k_mul": self.k_mul, "rotary": self.rotary, "alibi_slopes": self.alibi_slopes,
+                "pe_bias": self.pe_bias}
 
 
 @dataclass

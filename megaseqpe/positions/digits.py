@@ -6,6 +6,8 @@ strings are concatenated. Conversion is tensor arithmetic on the positions' own 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 
@@ -22,30 +24,43 @@ def digits_needed(max_position: int, base: int = 10) -> int:
 
 def check_encodable(positions: torch.Tensor, max_digits: int, base: int = 10) -> None:
     """Raise a ValueError naming the first position that `max_digits` digits cannot write."""
-    if positions.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
+    check_all_encodable([positions], max_digits, base)
+
+
+def check_all_encodable(position_tensors: Sequence[torch.Tensor], max_digits: int, base: int = 10) -> None:
+    """`check_encodable` for several tensors with ONE host sync when every position is encodable
+    (a SeqPE step checks the model's and the objectives' positions together); otherwise the error
+    names the first bad position of the first tensor holding one."""
+    for positions in position_tensors:
+        if positions.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
     if base < 2:
         raise ValueError(f"base must be at least 2, got {base}")
     limit = base ** max_digits
-    bad = (positions < 0) | (positions >= limit)
-    if bool(bad.any()):
-        index = bad.nonzero()[0].tolist()
-        where = tuple(index[:-1])
-        position = tuple(positions[where].tolist()) if positions.dim() > 1 else positions.tolist()
-        raise ValueError(
-            f"position {position} (at index {where}) cannot be written with {max_digits} base-{base} "
-            f"digits: encodable coordinates are 0..{limit - 1}")
+    outside = [(positions < 0) | (positions >= limit) for positions in position_tensors]
+    if not bool(torch.stack([bad.any() for bad in outside]).any()):
+        return
+    positions, bad = next((p, bad) for p, bad in zip(position_tensors, outside) if bool(bad.any()))
+    index = bad.nonzero()[0].tolist()
+    where = tuple(index[:-1])
+    position = tuple(positions[where].tolist()) if positions.dim() > 1 else positions.tolist()
+    raise ValueError(
+        f"position {position} (at index {where}) cannot be written with {max_digits} base-{base} "
+        f"digits: encodable coordinates are 0..{limit - 1}")
 
 
-def to_digits(positions: torch.Tensor, max_digits: int, base: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+def to_digits(positions: torch.Tensor, max_digits: int, base: int = 10, *,
+              checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Write positions `[..., n_dims]` (int64) as digits `[..., n_dims * max_digits]`.
 
     Returns `(digits, pad_mask)`; `pad_mask` is 1 on significant digits and 0 on the
     left padding (the last digit always counts, so 0 is written `0 ... 0` with mask `0 ... 1`).
     A position that needs more than `max_digits` digits raises a ValueError naming it:
     it cannot be represented, and wrapping or clamping would silently alias two positions.
+    `checked=True` skips that check (and its host sync) for positions the caller has checked.
     """
-    check_encodable(positions, max_digits, base)
+    if not checked:
+        check_encodable(positions, max_digits, base)
     powers = base ** torch.arange(max_digits - 1, -1, -1, device=positions.device, dtype=torch.int64)
     value = positions.to(torch.int64).unsqueeze(-1)  # [..., n_dims, 1]
     digits = torch.div(value, powers, rounding_mode="floor") % base

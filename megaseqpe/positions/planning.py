@@ -11,6 +11,7 @@ across ranks (whether the step is shifted, the distillation teacher window) use 
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -61,6 +62,12 @@ class SeqPEStepPlanner(StepPlanner):
         objectives = SeqPEObjectives(position, config.model.n_head)
         objectives.check(self.extents)
         self.objectives = objectives if objectives.enabled else None
+        # While a GPU runs a step the host is idle: plan the next micro-step meanwhile, off the
+        # critical path (a pure function of (seed, step, rank): only WHEN it is computed changes).
+        # On CPU the step itself uses every core.
+        self.prefetch = torch.cuda.is_available()
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._next: Optional[tuple[tuple, Future]] = None
 
     def window_starts(self, rank: int) -> np.ndarray:
         """This rank's fixed random subset of window starts `[count, n_dims]`, in its drawn order."""
@@ -73,6 +80,21 @@ class SeqPEStepPlanner(StepPlanner):
         return self._subsets[rank]
 
     def plan(self, step: int, rank: int, device: torch.device) -> StepPlan:
+        """Micro-step `step`'s plan; with `prefetch`, step + 1's is then computed in a background
+        thread, and used if it is the next one asked for (a resume or a jump computes its own)."""
+        key, pending, self._next = (step, rank, device), self._next, None
+        if pending is not None and pending[0] == key:
+            plan = pending[1].result()
+        else:
+            if pending is not None:
+                pending[1].exception()  # wait for it: the planner's caches are not shared across threads
+            plan = self._plan(step, rank, device)
+        if self.prefetch:
+            self._pool = self._pool or ThreadPoolExecutor(1, thread_name_prefix="seqpe-plan")
+            self._next = ((step + 1, rank, device), self._pool.submit(self._plan, step + 1, rank, device))
+        return plan
+
+    def _plan(self, step: int, rank: int, device: torch.device) -> StepPlan:
         shared = np.random.default_rng([self.seed, step])
         local = np.random.default_rng([self.seed, step, rank + 1])
         shifted = bool(shared.random() < self.shift_rate)

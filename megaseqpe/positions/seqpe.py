@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig, PositionConfig
 from .base import AttentionExtras, PositionEncoding, PositionSignal
-from .digits import check_encodable, digits_needed, to_digits
+from .digits import check_all_encodable, check_encodable, digits_needed, to_digits
 from .objectives import ObjectiveSample, SeqPEObjectives
 
 
@@ -47,9 +47,21 @@ class _EncoderBlock(nn.Module):
         self.down = nn.Linear(4 * width, width)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """x `[T, W]`; token t attends to tokens `keys[t]` `[T, K]` where `visible[t]`."""
-        q, k, v = self.qkv(self.norm_attention(x)).unflatten(-1, (3, self.n_head, -1)).unbind(-3)
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor,
+                outputs: Optional[int] = None) -> torch.Tensor:
+        """x `[T, W]`; token t attends to tokens `keys[t]` `[T, K]` where `visible[t]`.
+
+        With `outputs`, only the last `outputs` tokens get a result `[outputs, W]`: every token
+        still supplies keys and values, but the others' queries, attention and MLP are skipped."""
+        normed = self.norm_attention(x)
+        if outputs is None:
+            q, k, v = self.qkv(normed).unflatten(-1, (3, self.n_head, -1)).unbind(-3)
+        else:
+            width = x.shape[-1]
+            (w_q, w_kv), (b_q, b_kv) = (p.split([width, 2 * width]) for p in (self.qkv.weight, self.qkv.bias))
+            k, v = F.linear(normed, w_kv, b_kv).unflatten(-1, (2, self.n_head, -1)).unbind(-3)
+            x, keys, visible = x[-outputs:], keys[-outputs:], visible[-outputs:]
+            q = F.linear(normed[-outputs:], w_q, b_q).unflatten(-1, (self.n_head, -1))
         k, v = k[keys].transpose(1, 2), v[keys].transpose(1, 2)  # [T, heads, K, head_dim]
         attended = F.scaled_dot_product_attention(
             q.unsqueeze(2), k, v, attn_mask=visible[:, None, None, :],
@@ -88,13 +100,17 @@ class SeqPEEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(width) if final_layernorm else nn.Identity()
         self.out_proj = nn.Linear(width, out_dim)
         self.share_prefixes = causal  # False computes every digit token of every position (tests)
+        # The last layer's outputs are read at the summary tokens only, so the digit tokens there
+        # only supply keys and values (exact). False computes every token (tests).
+        self.summary_only_last_layer = True
         self.last_token_count = 0
         gpt2_init(self)
         self.register_buffer("dim_of_slot", torch.arange(n_dims).repeat_interleave(max_digits), persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        """Positions `[U, n_dims]` (distinct) → embeddings `[U, out_dim]`."""
-        digits, significant = to_digits(positions, self.max_digits, self.base)
+    def forward(self, positions: torch.Tensor, checked: bool = False) -> torch.Tensor:
+        """Positions `[U, n_dims]` (distinct) → embeddings `[U, out_dim]`. `checked`: the caller
+        has checked that the positions are encodable (SeqPE checks a whole pass at once)."""
+        digits, significant = to_digits(positions, self.max_digits, self.base, checked=checked)
         build = self._prefix_graph if self.share_prefixes else self._full_graph
         digit, slot, keys, visible = build(digits, significant.bool())
         x = self.digit_embedding(digit) + self.slot_embedding(slot)
@@ -106,9 +122,11 @@ class SeqPEEncoder(nn.Module):
         # stands for many positions, and dropout lives in the blocks' residual branches.
         x = torch.cat([x, self.summary_token.expand(positions.shape[0], -1)])
         self.last_token_count = x.shape[0]  # for FLOP counting: what this pass really computed
-        for layer in self.layers:
-            x = layer(x, keys, visible)
-        return self.out_proj(self.final_norm(x[-positions.shape[0]:])) / self.temperature
+        rows, last = positions.shape[0], len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            outputs = rows if index == last and self.summary_only_last_layer else None
+            x = layer(x, keys, visible, outputs)
+        return self.out_proj(self.final_norm(x[-rows:])) / self.temperature
 
     def _visible(self, significant: torch.Tensor, own_slot: torch.Tensor) -> torch.Tensor:
         """Which of the S+1 keys (S digits, then the summary) each token sees.
@@ -126,24 +144,28 @@ class SeqPEEncoder(nn.Module):
         return visible
 
     def _prefix_graph(self, digits: torch.Tensor, significant: torch.Tensor):
-        """One token per distinct digit prefix; token keys are its prefix's tokens (causal)."""
+        """One token per distinct digit prefix; token keys are its prefix's tokens (causal).
+
+        Every slot's prefixes are de-duplicated by ONE unique (one host sync, not one per slot):
+        a prefix is keyed with a leading digit 1, so slot s's keys lie in [base^(s+1), 2 base^(s+1))
+        and never meet another slot's; sorted, they list the tokens slot by slot."""
         rows, device = digits.shape[0], digits.device
-        node_of_row, node_digit, node_slot, representative, offset = [], [], [], [], 0
-        prefix = torch.zeros(rows, dtype=torch.int64, device=device)
+        marked = torch.empty_like(digits)
+        prefix = torch.ones(rows, dtype=torch.int64, device=device)
         for slot in range(self.seq_len):
             prefix = prefix * self.base + digits[:, slot]
-            distinct, inverse = torch.unique(prefix, return_inverse=True)
-            node_of_row.append(offset + inverse)
-            node_digit.append(distinct % self.base)
-            node_slot.append(torch.full_like(distinct, slot))
-            representative.append(torch.empty_like(distinct).scatter_(0, inverse, torch.arange(rows, device=device)))
-            offset += distinct.numel()
-        nodes = torch.stack(node_of_row, dim=1)  # [U, S]: the token of each row's prefix at each slot
-        summary = offset + torch.arange(rows, device=device)
-        rep = torch.cat(representative + [torch.arange(rows, device=device)])  # a row that has each token
-        slot = torch.cat(node_slot + [torch.full((rows,), self.seq_len, device=device)])
+            marked[:, slot] = prefix
+        distinct, nodes = torch.unique(marked, return_inverse=True)  # nodes [U, S]: each row's prefix tokens
+        offset, row = distinct.numel(), torch.arange(rows, device=device)
+        cells = nodes.flatten()
+        # Any row holding a token stands for it: those rows agree on the digits up to its slot.
+        representative = torch.empty_like(distinct).scatter_(0, cells, row.repeat_interleave(self.seq_len))
+        node_slot = torch.empty_like(distinct).scatter_(0, cells, torch.arange(self.seq_len, device=device).repeat(rows))
+        summary = offset + row
+        rep = torch.cat([representative, row])  # a row that has each token
+        slot = torch.cat([node_slot, torch.full((rows,), self.seq_len, device=device)])
         keys = torch.cat([nodes[rep], summary[rep, None]], dim=1)  # later slots are hidden below
-        return torch.cat(node_digit), slot[:offset], keys, self._visible(significant[rep], slot)
+        return distinct % self.base, node_slot, keys, self._visible(significant[rep], slot)
 
     def _full_graph(self, digits: torch.Tensor, significant: torch.Tensor):
         """One token per digit of every position; each attends over its whole sequence."""
@@ -193,18 +215,17 @@ class SeqPE(PositionEncoding):
         return [embeddings[index] for index in inverses]
 
     def _encode_unique(self, position_tensors: Sequence[torch.Tensor]):
-        for positions in position_tensors:  # before keying: a key would wrap an overflow silently
-            check_encodable(positions, self.max_digits, self.encoder.base)
-        keys = [(p.reshape(-1, self.n_dims).to(torch.int64) * self.key_strides).sum(-1) for p in position_tensors]
-        unique_keys, inverse = torch.unique(torch.cat(keys), return_inverse=True)
-        unique_positions = self._unravel(unique_keys)
-        embeddings = self.encoder(unique_positions)
-        inverses = [i.view(p.shape[:-1]) for i, p in zip(inverse.split([k.numel() for k in keys]), position_tensors)]
+        # One check of every tensor (one host sync), before keying: a key would wrap an overflow silently.
+        check_all_encodable(position_tensors, self.max_digits, self.encoder.base)
+        flat = torch.cat([p.reshape(-1, self.n_dims).to(torch.int64) for p in position_tensors])
+        unique_keys, inverse = torch.unique((flat * self.key_strides).sum(-1), return_inverse=True)
+        embeddings = self.encoder(self._unravel(unique_keys), checked=True)
+        counts = [p.numel() // self.n_dims for p in position_tensors]
+        inverses = [i.view(p.shape[:-1]) for i, p in zip(inverse.split(counts), position_tensors)]
         return embeddings, inverses
 
     def _unravel(self, keys: torch.Tensor) -> torch.Tensor:
-        return torch.stack([torch.div(keys, stride, rounding_mode="floor") % self.coordinate_limit
-                            for stride in self.key_strides.tolist()], dim=-1)
+        return torch.div(keys[:, None], self.key_strides, rounding_mode="floor") % self.coordinate_limit
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         return self.encoder.parameters()

@@ -74,7 +74,7 @@ def startup_checks(config: Config) -> tuple[Task, StepPlanner]:
     task.check_data()
     planner = build_step_planner(config, task.position_extents)
     check_backend(config.model.attention_backend, cuda=torch.cuda.is_available(),
-                  half_precision=config.train.precision in ("bf16", "fp16"))
+                  half_precision=config.train.precision in ("bf16", "fp16"), training=True)
     return task, planner
 
 
