@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -78,3 +79,17 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
     accumulator = EventAccumulator(str(run_dir / "tensorboard"))
     accumulator.Reload()
     return {tag: [event.value for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    """Return once `run_dir`'s metrics.jsonl has reached `step`; fail if the training process ends first
+    (its stderr, a pipe, in the message) or the step is not reached in `timeout` s (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"training ended early with {process.returncode}: {process.stderr.read()[-3000:]}")
+        path = run_dir / "metrics.jsonl"
+        if path.exists() and any(m.get("step", 0) >= step for m in metrics(run_dir)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached in {timeout}s")

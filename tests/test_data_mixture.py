@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from itertools import islice
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from _launch import REPO, check, environment, metrics, tensorboard_scalars, tiny_config, train, train_command
+from _launch import REPO, check, environment, tensorboard_scalars, tiny_config, train, train_command, wait_for_step
 from data_prep.cli import main as prep_main
 from megaseqpe.config import ConfigError, DataSource, config_from_dict, dump_config
 from megaseqpe.data import DataStreamMismatch, build_mixture_loader, build_train_loader, source_of_row
@@ -190,11 +189,7 @@ def test_killed_mixture_run_resumes_exactly_with_per_source_tokens_and_validatio
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_dir = tmp_path / "killed"
     try:
-        deadline = time.monotonic() + 240
-        while not any(m["step"] >= 4 for m in (metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else [])):
-            assert process.poll() is None, process.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "step 4 not reached"
-            time.sleep(0.2)
+        wait_for_step(run_dir, 4, process)
         os.kill(process.pid, signal.SIGKILL)  # past the checkpoint at step 3
     finally:
         if process.poll() is None:

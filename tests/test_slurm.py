@@ -146,9 +146,7 @@ def test_a_lost_node_fails_the_job_cleanly_and_a_resubmission_resumes(cluster, t
     victims = [p for p in pids if b"\0RANK=1\0" in b"\0" + Path(f"/proc/{p}/environ").read_bytes()]
     assert victims, pids
     os.kill(int(victims[0]), signal.SIGKILL)
-    start = time.monotonic()
-    state = wait_done(cluster, job, timeout=240)
-    assert state == "FAILED" and time.monotonic() - start < 200
+    assert wait_done(cluster, job, timeout=200) == "FAILED"  # the job ends, it does not hang
     # proctrack/linuxproc (this emulated cluster) loses a worker whose torchrun agent was killed
     # first; proctrack/cgroup on a real cluster does not. Clean up what SLURM could not see.
     subprocess.run(["pkill", "-9", "-f", f"megaseqpe.training --config {config}"])

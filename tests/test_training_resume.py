@@ -7,21 +7,9 @@ import time
 
 import pytest
 
-from _launch import REPO, check, environment, metrics, tiny_config, train, train_command, train_losses
+from _launch import REPO, check, environment, metrics, tiny_config, train, train_command, train_losses, wait_for_step
 
 pytestmark = pytest.mark.multiprocess
-
-
-def wait_for_step(run_dir, step, process, timeout=240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"training ended early with {process.returncode}: {process.stderr.read()[-3000:]}")
-        path = run_dir / "metrics.jsonl"
-        if path.exists() and any(m.get("step", 0) >= step for m in metrics(run_dir)):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"step {step} not reached in {timeout}s")
 
 
 def children(pid):
