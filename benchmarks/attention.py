@@ -1,7 +1,10 @@
 """SeqPE attn_scalar attention three ways, forward + backward, across sequence lengths:
 
+  no_pe        sdpa without SeqPE's term (what every other position type pays: the floor)
   eager        explicit softmax over q.k + s*pe_q.pe_k (concatenated heads)
-  sdpa         torch's fused scaled_dot_product_attention on the concatenated heads (our path)
+  sdpa         torch's fused scaled_dot_product_attention on the concatenated heads
+  cpu_bias     CPU training's path where it fits: the bias [1, H, N, N] built once (here per call, as one
+               layer of a model with attn_scalar_proj: multi) and handed to the fused kernel as its mask
   dense_bias   the reference's way: a materialised [B, H, N, N] bias passed as an attention mask
   flash        flash-attn on the concatenated heads (only where a GPU and flash-attn are present)
 
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import ensure_allocator_env, peak_in_subprocess, report_peak_growth, time_interleaved, write_result  # noqa: E402
 
-from megaseqpe.model.attention import attention, flash_available  # noqa: E402
+from megaseqpe.model.attention import CPU_BIAS_MAX_ELEMENTS, attention, flash_available, seqpe_score_bias  # noqa: E402
 
 
 def make_run(variant: str, length: int, args):
@@ -38,8 +41,13 @@ def make_run(variant: str, length: int, args):
         bias = bias.masked_fill(torch.ones(length, length, dtype=torch.bool, device=device).triu(1), float("-inf"))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(args.batch, -1, -1, -1))
 
-    forward = dense_bias if variant == "dense_bias" else \
-        (lambda: attention(q, k, v, causal=True, backend=variant, pe_q=pe_q, pe_k=pe_k))
+    forwards = {
+        "dense_bias": dense_bias,
+        "no_pe": lambda: attention(q, k, v, causal=True, backend="sdpa"),
+        "cpu_bias": lambda: attention(q, k, v, causal=True, backend="sdpa", pe_q=pe_q, pe_k=pe_k,
+                                      pe_bias=seqpe_score_bias(pe_q, pe_k, 1.0)),
+    }
+    forward = forwards.get(variant, lambda: attention(q, k, v, causal=True, backend=variant, pe_q=pe_q, pe_k=pe_k))
 
     def run():
         forward().float().sum().backward()
@@ -63,9 +71,13 @@ def main() -> None:
         return report_peak_growth(make_run(args.memory_of, args.length, args))
     ensure_allocator_env()
     probe = torch.zeros(1, device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
-    variants = ["eager", "sdpa", "dense_bias"] + (["flash"] if flash_available(probe) else [])
+    variants = ["no_pe", "eager", "sdpa", "dense_bias"] + (["flash"] if flash_available(probe) else [])
     rows = []
     for length in (int(n) for n in args.lengths.split(",")):
+        # cpu_bias where training would take it (CPU, the bias within CPU_BIAS_MAX_ELEMENTS)
+        variants = [v for v in variants if v != "cpu_bias"]
+        if probe.device.type == "cpu" and args.heads * length * length <= CPU_BIAS_MAX_ELEMENTS:
+            variants.insert(variants.index("sdpa") + 1, "cpu_bias")
         seconds = time_interleaved({v: make_run(v, length, args) for v in variants}, args.warmup, args.steps)
         common = ["--length", str(length), "--batch", str(args.batch), "--heads", str(args.heads),
                   "--head-dim", str(args.head_dim)]

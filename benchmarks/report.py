@@ -68,18 +68,24 @@ def pe_section(data: dict) -> list[str]:
 
 
 def attention_section(data: dict) -> list[str]:
-    variants = data["variants"]
+    variants = [v for v in data["variants"] if v != "cpu_bias"]
+    if any("cpu_bias" in r["seconds_median"] for r in data["rows"]):
+        variants.insert(variants.index("sdpa") + 1, "cpu_bias")
+    cell = lambda r, v, f: f(r, v) if v in r["seconds_median"] else "-"
     out = ["## 2. Attention with SeqPE attn_scalar", "",
            f"Forward + backward, batch {data['config']['batch']}, {data['config']['heads']} heads of "
-           f"{data['config']['head_dim']}; `sdpa`/`eager` concatenate pe_q/pe_k to q/k, `dense_bias` "
-           "materialises the [B, H, N, N] bias.", ""]
+           f"{data['config']['head_dim']}; `no_pe` is sdpa without SeqPE's term, `sdpa`/`eager` concatenate "
+           "pe_q/pe_k to q/k, `cpu_bias` hands the bias built once to the fused CPU kernel as its mask (CPU "
+           "training, where the bias fits), `dense_bias` materialises the [B, H, N, N] bias.", ""]
     out += table(["N"] + [f"{v} ms" for v in variants] + [f"{v} MiB" for v in variants],
-                 [[r["length"]] + [f"{r['seconds_median'][v] * 1e3:.1f}" for v in variants] +
-                  [f"{r['peak_bytes'][v] / MiB:.0f}" for v in variants] for r in data["rows"]]) + [""]
+                 [[r["length"]] + [cell(r, v, lambda r, v: f"{r['seconds_median'][v] * 1e3:.1f}") for v in variants] +
+                  [cell(r, v, lambda r, v: f"{r['peak_bytes'][v] / MiB:.0f}") for v in variants]
+                  for r in data["rows"]]) + [""]
 
     def draw(ax):
         for v in variants:
-            ax.plot([r["length"] for r in data["rows"]], [r["peak_bytes"][v] / MiB for r in data["rows"]], marker="o", label=v)
+            rows = [r for r in data["rows"] if v in r["peak_bytes"]]
+            ax.plot([r["length"] for r in rows], [r["peak_bytes"][v] / MiB for r in rows], marker="o", label=v)
         ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="peak MiB", title="Attention peak memory")
     return out + [figure("attention_memory", draw), ""]
 

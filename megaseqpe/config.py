@@ -98,7 +98,8 @@ class ModelConfig:
     attention_dropout: float = 0.0
     """Dropout on the trunk's attention weights, in [0, 1)."""
     attention_backend: str = "auto"
-    """Attention kernel: auto = flash when it can run (flash-attn, CUDA, fp16/bf16), else sdpa; eager = explicit;
+    """Attention kernel: auto = flash when it can run (flash-attn, CUDA, fp16/bf16), else sdpa (on CPU, SeqPE
+    attn_scalar's term is the fused kernel's float mask in training passes whose rows share positions); eager = explicit;
     flex = torch's FlexAttention, SeqPE attn_scalar's pe_q.pe_k term added as a score bias built once per forward
     pass (shared by every layer and row with attn_scalar_proj: single), no concatenation or v padding. auto never
     picks flex: it has no GPU measurement yet. flex has no attention dropout, and on CPU no backward (evaluation

@@ -40,6 +40,16 @@ flex concatenates there (still without v padding). On CUDA flex runs compiled (f
 backward, gradients reaching pe_q/pe_k through the bias); on CPU torch's FlexAttention runs
 unfused and forward only, for evaluation and equality checks. The bias is dense: 12 heads at
 N = 16k take 12 GB, so long-context evaluation belongs to sdpa or flash.
+
+SeqPE's bias on CPU (`sdpa` and `auto`, training): torch's fused CPU kernel takes a float mask but no v
+narrower than q/k, so concatenation pays twice, for the wider q.k and for the zero-padded v. When a
+training pass's extras are shared by the batch rows (every unshifted SeqPE step), fp32, and the
+bias `[heads, N, N]` is at most `CPU_BIAS_MAX_ELEMENTS`, the model builds the bias once per pass
+and the fused kernel adds it as its mask; our backward (`_FusedCPUBias`) takes q, k, v's gradients
+from the fused backward and the bias's from the probabilities recomputed block by block, summed
+over the batch rows. Documents, attention dropout, evaluation and a KV cache keep the concatenation
+(evaluation at N = 8192 by blocks of query rows, each with its own bias, measured 1.2x slower than
+concatenation: the fused kernel with a float mask and no causal skipping is the bottleneck).
 """
 from __future__ import annotations
 
@@ -122,15 +132,50 @@ def seqpe_score_bias(pe_q: torch.Tensor, pe_k: torch.Tensor, pe_scale: float) ->
         return pe_scale * torch.einsum("bihp,bjhp->bhij", pe_q.to(dtype), pe_k.to(dtype))
 
 
-def with_score_bias(signal: Any, backend: str) -> Any:
+# The largest SeqPE bias `[heads, N, N]` the CPU path builds (64 MiB in float32: 12 heads at N = 1182, 4 at
+# 2048); longer passes concatenate, whose memory grows with N, not N^2.
+CPU_BIAS_MAX_ELEMENTS = 2 ** 24
+BIAS_GRADIENT_BLOCK = 2 ** 22  # elements of one block of the bias gradient's recomputed probabilities
+BIAS_GRADIENT_ROWS = 32  # query rows per block at most: causal blocks then compute little of the future
+
+
+def cpu_bias_applies(pe_q: torch.Tensor, *, documents: Optional[torch.Tensor] = None, dropout_p: float = 0.0) -> bool:
+    """Whether SeqPE's term for extras `pe_q` `[B|1, N, H, p]` (or `[N, H, p]`) can go to torch's fused
+    CPU kernel as a bias (see the module docstring): CPU, float32, one bias for every batch row, no
+    document mask or attention dropout."""
+    shared = pe_q.dim() == 3 or pe_q.shape[0] == 1
+    return (pe_q.device.type == "cpu" and pe_q.dtype == torch.float32 and shared and documents is None
+            and not dropout_p)
+
+
+def _whole_bias_fits(pe_q: torch.Tensor, n_key: int) -> bool:
+    return pe_q.shape[-2] * pe_q.shape[-3] * n_key <= CPU_BIAS_MAX_ELEMENTS
+
+
+def _reads_score_bias(extras: Any, backend: str, documents: Optional[torch.Tensor], dropout_p: float) -> bool:
+    if extras.pe_q is None:
+        return False
+    if backend == "flex":
+        return True
+    # Training passes only: the backward is where concatenation costs most, and evaluation keeps its
+    # memory growing with N.
+    return (backend in ("auto", "sdpa") and torch.is_grad_enabled() and extras.pe_q.requires_grad
+            and cpu_bias_applies(extras.pe_q, documents=documents, dropout_p=dropout_p)
+            and _whole_bias_fits(extras.pe_q, extras.pe_k.shape[-3]))
+
+
+def with_score_bias(signal: Any, backend: str, *, documents: Optional[torch.Tensor] = None,
+                    dropout_p: float = 0.0) -> Any:
     """A copy of the PositionSignal `signal` whose extras carry `pe_bias`, SeqPE's term built once,
-    when `backend` reads it as a score bias (flex); `signal` itself otherwise. A model calls this once
-    per pass, outside its (possibly checkpointed or compiled) blocks, which then take the bias as an
-    input: layers sharing one extras object share one bias."""
-    if backend != "flex" or not any(extras.pe_q is not None for extras in signal.layers):
+    when `backend` reads it as a score bias (flex; sdpa and auto in a CPU training pass where
+    `cpu_bias_applies`, given the pass's `documents` and attention `dropout_p`, and the bias fits
+    `CPU_BIAS_MAX_ELEMENTS`); `signal` itself otherwise. A model calls this once per pass, outside its
+    (possibly checkpointed or compiled) blocks, which then take the bias as an input: layers sharing
+    one extras object share one bias."""
+    if not any(_reads_score_bias(extras, backend, documents, dropout_p) for extras in signal.layers):
         return signal
-    layers = [extras if extras.pe_q is None else dataclasses.replace(
-        extras, pe_bias=seqpe_score_bias(extras.pe_q, extras.pe_k, extras.pe_scale)) for extras in signal.layers]
+    layers = [dataclasses.replace(extras, pe_bias=seqpe_score_bias(extras.pe_q, extras.pe_k, extras.pe_scale))
+              if _reads_score_bias(extras, backend, documents, dropout_p) else extras for extras in signal.layers]
     return dataclasses.replace(signal, layers=layers)
 
 
@@ -169,26 +214,45 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if (pe_q is None) != (pe_k is None):
         raise ValueError("pe_q and pe_k come together")
     name = resolve_backend(backend, q)
-    # flex adds pe_q.pe_k as a score bias; behind a cache it concatenates (see the module docstring).
-    as_bias = name == "flex" and cache is None and pe_q is not None
-    if (pe_k is not None and not as_bias) or k_mul is not None:  # per query head: see the module docstring
+    route = _seqpe_route(name, q, pe_q, pe_bias, cache=cache, alibi_slopes=alibi_slopes, dropout_p=dropout_p,
+                         documents=documents)
+    if route == "concat" or k_mul is not None:  # per query head: see the module docstring
         k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
     if q_mul is not None:  # right after the head split, as the reference's attn_mul
         q = q * _heads_first(q_mul, q.shape[0]).to(q.dtype)
         k = k * _heads_first(k_mul, k.shape[0]).to(k.dtype)
     if rotary is not None:
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-    if pe_q is not None and not as_bias:
+    if route == "concat":
         q = torch.cat([q, pe_scale * _heads_first(pe_q, q.shape[0]).to(q.dtype)], dim=-1)
         k = torch.cat([k, _heads_first(pe_k, k.shape[0]).to(k.dtype)], dim=-1)
     if cache is not None:  # after the position terms, so that each cached key keeps its own
         k, v = cache.append(k, v)
     options = dict(causal=causal, scale=scale, alibi_slopes=alibi_slopes, dropout_p=dropout_p, documents=documents)
     if name == "flex":
-        if as_bias and pe_bias is None:
+        if route == "bias" and pe_bias is None:
             pe_bias = seqpe_score_bias(pe_q, pe_k, pe_scale)
-        return _flex(q, k, v, bias=pe_bias if as_bias else None, **options)
+        return _flex(q, k, v, bias=pe_bias if route == "bias" else None, **options)
+    if route == "bias":
+        k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
+        return _FusedCPUBias.apply(q, k, v, pe_bias, scale, causal)
     return _KERNELS[name](q, k, v, **options)
+
+
+def _seqpe_route(name: str, q: torch.Tensor, pe_q: Optional[torch.Tensor], pe_bias: Optional[torch.Tensor], *,
+                 cache: Optional[LayerCache], alibi_slopes: Optional[torch.Tensor], dropout_p: float,
+                 documents: Optional[torch.Tensor]) -> Optional[str]:
+    """How SeqPE attn_scalar's term reaches the kernel: "bias" (flex's score bias, or sdpa on CPU given
+    the pass's bias) or "concat" (pe_q and pe_k joined to q and k); None without the term."""
+    if pe_q is None:
+        return None
+    if cache is not None:  # cached keys carry their pe_k inside k
+        return "concat"
+    if name == "flex":
+        return "bias"
+    cpu = (name == "sdpa" and pe_bias is not None and q.dtype == torch.float32 and alibi_slopes is None
+           and cpu_bias_applies(pe_q, documents=documents, dropout_p=dropout_p))
+    return "bias" if cpu else "concat"
 
 
 def _future(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
@@ -249,6 +313,68 @@ def _pads_v(q: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> b
     if v.shape[-1] == q.shape[-1]:
         return False
     return not (q.is_cuda and mask is not None and q.shape[-1] % 8 == 0 and v.shape[-1] % 8 == 0)
+
+
+class _FusedCPUBias(torch.autograd.Function):
+    """softmax(scale * (q.k + bias)) v by torch's fused CPU kernel, `bias` `[1, H, N, N]` (SeqPE's
+    term, shared by the batch rows) as its float mask; the backward's q/k/v gradients come from the
+    fused backward, the bias's from the probabilities recomputed in blocks of query rows:
+    d bias = scale * sum over rows of P * (dO.v - rowsum(dO * O)), the softmax's backward."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                scale: float, causal: bool) -> torch.Tensor:
+        mask = _scaled_mask(bias, scale, causal, q.dtype)
+        out, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, attn_mask=mask, scale=scale)
+        ctx.save_for_backward(q, k, v, bias, out, logsumexp)
+        ctx.scale, ctx.causal = scale, causal
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        q, k, v, bias, out, logsumexp = ctx.saved_tensors
+        grad_out, mask = grad_out.contiguous(), _scaled_mask(bias, ctx.scale, ctx.causal, q.dtype)
+        grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_out, q, k, v, out, logsumexp, 0.0, ctx.causal, attn_mask=mask, scale=ctx.scale)
+        grad_bias = None
+        if ctx.needs_input_grad[3]:
+            grad_bias = _bias_gradient(q, k, v, mask, grad_out, out, logsumexp, ctx.causal, ctx.scale)
+            grad_bias = grad_bias.mul_(ctx.scale).to(bias.dtype).view(bias.shape)
+        return grad_q, grad_k, grad_v, grad_bias, None, None
+
+
+def _scaled_mask(bias: torch.Tensor, scale: float, causal: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The kernel's float mask `scale * bias`; causal, the future is -inf (which the kernel skips
+    anyway), so that probabilities recomputed from it are 0 there without a masking pass."""
+    mask = bias.to(dtype) * scale
+    if causal:
+        mask = mask.masked_fill_(_future(*mask.shape[-2:], mask.device), float("-inf"))
+    return mask
+
+
+def _bias_gradient(q, k, v, mask, grad_out, out, logsumexp, causal: bool, scale: float) -> torch.Tensor:
+    """The softmax's input gradient summed over the batch rows, `[H, N, N]` (q and k of equal length,
+    no cache), in blocks of query rows (causal: keys up to the block's last row). A block's
+    `[B, H, rows, keys]` stays within `BIAS_GRADIENT_BLOCK` elements. The per-row terms ride in the
+    matmuls as one more channel: [scale q, -lse].[k, 1] is the log-probability before the mask and
+    [dO, -rowsum(dO * O)].[v, 1] the probability's gradient less its row term."""
+    batch, heads, length = q.shape[:3]
+    rows = max(1, min(BIAS_GRADIENT_ROWS, BIAS_GRADIENT_BLOCK // (batch * heads * length)))
+    with_column = lambda x, column: torch.cat([x, column.unsqueeze(-1)], dim=-1)
+    ones = q.new_ones(k.shape[:3])
+    q_rows, k_cols = with_column(q * scale, -logsumexp), with_column(k, ones)
+    g_rows, v_cols = with_column(grad_out, -(grad_out * out).sum(-1)), with_column(v, ones)
+    grad = torch.zeros(heads, length, length, dtype=q.dtype, device=q.device)
+    mask = mask.reshape(heads, length, length)
+    for start in range(0, length, rows):
+        stop = min(length, start + rows)
+        keys = stop if causal else length
+        probs = torch.matmul(q_rows[:, :, start:stop], k_cols[:, :, :keys].transpose(-1, -2))
+        probs = probs.add_(mask[:, start:stop, :keys]).exp_()
+        grad_probs = torch.matmul(g_rows[:, :, start:stop], v_cols[:, :, :keys].transpose(-1, -2))
+        grad[:, start:stop, :keys] = probs.mul_(grad_probs).sum(0)
+    return grad
 
 
 def document_cu_seqlens(documents: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -142,8 +142,11 @@ class GPT(nn.Module):
         if signal.input_embedding is not None:
             x = x + signal.input_embedding.to(x.dtype)
         x = self.dropout(x)
-        # A score bias (flex) is built here once for every block; a KV cache holds pe_k in its keys instead.
-        attending = signal if cache is not None else with_score_bias(signal, self.config.attention_backend)
+        # A score bias (flex; sdpa on CPU) is built here once for every block; a KV cache holds pe_k in its
+        # keys instead.
+        dropout_p = self.config.attention_dropout if self.training else 0.0
+        attending = signal if cache is not None else with_score_bias(
+            signal, self.config.attention_backend, documents=documents, dropout_p=dropout_p)
         for index, block in enumerate(self.blocks):
             x = block(x, attending.for_layer(index), None if cache is None else cache.layers[index], documents)
         logits = self.lm_head(self.final_norm(x))

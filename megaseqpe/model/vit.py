@@ -79,7 +79,9 @@ class ViT(nn.Module):
         if signal.input_embedding is not None:
             x = x + signal.input_embedding.to(x.dtype)
         x = self.dropout(x)
-        attending = with_score_bias(signal, self.config.attention_backend)  # flex: SeqPE's bias once, not per layer
+        # flex (and sdpa on CPU): SeqPE's bias once, not per layer
+        attending = with_score_bias(signal, self.config.attention_backend,
+                                    dropout_p=self.config.attention_dropout if self.training else 0.0)
         for index, block in enumerate(self.blocks):
             x = block(x, attending.for_layer(index))
         logits = self.head(self.final_norm(x[:, 0]))
