@@ -4,7 +4,8 @@ Training step (forward + backward) of the same GPT with learned APE, sinusoidal,
 NoPE, SeqPE (attn_scalar; model + contrastive + distillation positions in ONE unique pass) and
 `seqpe_naive` (every occurrence of every position, every digit token encoded, as the reference
 code does), at two model sizes and two sequence lengths; plus one evaluation forward at a long
-length (batch 1, no grad): learned (interpolated table) against SeqPE (cached table).
+length (batch 1, no grad): learned (interpolated table) against SeqPE (cached table); and learned, NoPE
+and SeqPE at a larger batch (--large-batch, default 32) at the last size and length.
 
 Time: the variants of one (size, length) interleaved step by step, median of --steps after
 --warmup. Memory: each variant in a fresh process, peak RSS growth over two calls. Ratios are to
@@ -32,6 +33,7 @@ from megaseqpe.positions import SeqPE, SeqPEObjectives  # noqa: E402
 
 TRAIN_VARIANTS = ("learned", "sinusoidal", "rope", "alibi", "nope", "seqpe", "seqpe_naive")
 EVAL_VARIANTS = ("eval_learned", "eval_seqpe")
+LARGE_BATCH_VARIANTS = ("learned", "nope", "seqpe")
 
 
 class EveryOccurrenceSeqPE(SeqPE):
@@ -123,6 +125,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--eval-len", type=int, default=8192, help="evaluation length; 0 skips the eval part")
+    parser.add_argument("--large-batch", type=int, default=32,
+                        help="also time learned, nope and seqpe at this batch (last size and length); 0 skips it")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
@@ -142,6 +146,14 @@ def main() -> None:
             print_row(grid[-1])
     result = {"config": {k: v for k, v in vars(args).items() if v is not None and k != "memory_of"},
               "train_step": grid}
+    if args.large_batch:
+        layers, width = parse_size(args.sizes.split(",")[-1])
+        seq_len, large = int(args.lengths.split(",")[-1]), argparse.Namespace(**{**vars(args), "batch": args.large_batch})
+        print(f"{layers} layers x {width}, L = {seq_len}, batch {args.large_batch}: {', '.join(LARGE_BATCH_VARIANTS)}",
+              flush=True)
+        result["train_step_large_batch"] = {"batch": args.large_batch,
+                                            **measure(large, layers, width, seq_len, LARGE_BATCH_VARIANTS)}
+        print_row(result["train_step_large_batch"])
     if args.eval_len:
         layers, width = parse_size(args.sizes.split(",")[-1])
         print(f"evaluation forward at N = {args.eval_len}, {layers} layers x {width}", flush=True)

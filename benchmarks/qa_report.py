@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 from _markdown import figure, table
+
+NOTES = Path(__file__).resolve().parent / "results" / "qa_study.notes.md"
+
+
+def _loss(runs: list[dict], key: str) -> str:
+    values = [r[key] for r in runs if key in r]
+    return f"{statistics.mean(values):.2f}" if values else "-"
 
 
 def qa_section(data: dict) -> list[str]:
@@ -16,6 +24,7 @@ def qa_section(data: dict) -> list[str]:
         by_variant[run["variant"]].append(run)
     mean = {name: {n: statistics.mean(r["em"][n] for r in runs) for n in lengths} for name, runs in by_variant.items()}
     rows = [[name] + [f"{100 * em[n]:.1f}%" for n in lengths] + [runs[0]["method"][lengths[-1]]]
+            + [f"{_loss(runs, 'val_loss_start')} → {_loss(runs, 'val_loss_end')}"]
             for (name, em), runs in zip(mean.items(), by_variant.values())]
 
     def draw(ax):
@@ -29,6 +38,9 @@ def qa_section(data: dict) -> list[str]:
             f"`make study-qa`: each type fine-tuned from its pretrained study run on passkey retrieval (`task: qa`, "
             f"{config['qa_steps']} steps at L = {train}, {config['train_samples']} samples, seeds {config['seeds']}), "
             f"exact match of the greedy answer on {config['per_length']} test samples per length (5 depths). "
-            "Cells: mean over seeds.", ""] + \
-        table(["type"] + [f"{n} ({int(n) // train}L)" for n in lengths] + ["beyond L"], rows) + \
-        ["", figure("qa_em_vs_length", draw), ""]
+            "Cells: mean over seeds; the last column is the validation loss on answer tokens (at L) "
+            "before and after fine-tuning" + (f", against {config['no_retrieval_floor']:.2f} nats, the lowest "
+            "a model reaches without reading the fact (the keys' entropy per answer token): only below it "
+            "does a type retrieve anything" if "no_retrieval_floor" in config else "") + ".", ""] + \
+        table(["type"] + [f"{n} ({int(n) // train}L)" for n in lengths] + ["beyond L", "answer loss"], rows) + \
+        ["", figure("qa_em_vs_length", draw), ""] + ([NOTES.read_text(), ""] if NOTES.exists() else [])

@@ -29,6 +29,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from _measure import write_result  # noqa: E402
 from extrapolation_study import DATA, VARIANTS, prepare_corpus, sh  # noqa: E402
 
+import sentencepiece as spm  # noqa: E402
+
+from data_prep.qa import no_retrieval_floor  # noqa: E402
 from megaseqpe.rundir import RunDir  # noqa: E402
 
 BASE = "configs/study/base.yaml"
@@ -72,9 +75,17 @@ def finetune(variant: str, seed: int, args: argparse.Namespace, corpus: Path, qa
         sh([sys.executable, "-m", "megaseqpe.evaluation", "--run", str(run_dir)])
         seconds = time.perf_counter() - start
         report.write_text(json.dumps({**json.loads(report.read_text()), "seconds": seconds}, indent=2) + "\n")
-    result = {"variant": variant, "seed": seed, **json.loads(report.read_text())}
+    result = {"variant": variant, "seed": seed, **json.loads(report.read_text()), **answer_losses(run_dir)}
     print(f"{variant} seed {seed}: EM " + "  ".join(f"{n}: {em:.2f}" for n, em in result["em"].items()), flush=True)
     return result
+
+
+def answer_losses(run_dir: Path) -> dict:
+    """The validation loss on answer tokens before and after fine-tuning (step 0 and the last
+    evaluation): whether a type learned anything, which an EM of 0 alone does not tell."""
+    records = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines()]
+    losses = [(r["step"], r["val/loss"]) for r in records if "val/loss" in r]
+    return {"val_loss_start": losses[0][1], "val_loss_end": losses[-1][1]} if losses else {}
 
 
 def main() -> None:
@@ -103,6 +114,8 @@ def main() -> None:
         results = list(pool.map(lambda job: finetune(*job, args, corpus, qa), jobs))
     config = {key: value for key, value in vars(args).items() if not isinstance(value, Path)}
     config["lengths"] = [args.length * k for k in (1, 2, 4, 8, 16)]
+    tokenizer = spm.SentencePieceProcessor(model_file=str(DATA / "tokenizer" / "tokenizer.model"))
+    config["no_retrieval_floor"] = no_retrieval_floor(tokenizer)
     write_result(args.result, {"config": config, "runs": results})
 
 

@@ -30,9 +30,10 @@ def pe_section(data: dict) -> list[str]:
            "Ratios to learned APE, measured side by side (interleaved) in one run; memory is the peak "
            "RSS growth of a fresh process over two steps. `seqpe_naive` encodes every occurrence and "
            "every digit token, as the reference code does.", ""]
-    for row in data["train_step"]:
+    for row in data["train_step"] + ([data["train_step_large_batch"]] if "train_step_large_batch" in data else []):
         names = list(row["seconds_median"])
-        out += [f"**{row['layers']} layers x {row['width']}, L = {row['seq_len']}, batch {data['config']['batch']}**", ""]
+        out += [f"**{row['layers']} layers x {row['width']}, L = {row['seq_len']}, "
+                f"batch {row.get('batch', data['config']['batch'])}**", ""]
         out += table(["variant", "step (s)", "time / APE", "peak MiB", "memory / APE", "positions encoded / step"],
                      [[n, f"{row['seconds_median'][n]:.3f}", f"{row['time_ratio_to_learned'][n]:.2f}",
                        f"{row['peak_bytes'][n] / MiB:.0f}", f"{row['memory_ratio_to_learned'][n]:.2f}",

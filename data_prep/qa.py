@@ -10,6 +10,7 @@ pure function of the flags and the corpus: the same seed gives byte-identical sh
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +37,7 @@ DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 NEEDLE = "The pass key is {key}. Remember it."
 QUESTION = "What is the pass key? The pass key is"
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}  # each split draws its own keys and filler windows
+KEYS = (10_000, 100_000)  # pass keys are drawn uniformly from [low, high): five digits
 
 
 def is_manifest(path: Path) -> bool:
@@ -86,6 +88,15 @@ def filler_pool(documents: list[np.ndarray], eos_id: int) -> np.ndarray:
     return np.concatenate([np.append(doc, eos_id) for doc in documents]).astype(np.int64)
 
 
+def no_retrieval_floor(processor: spm.SentencePieceProcessor) -> float:
+    """The lowest answer-token loss (nats per token) of a model that does not read the fact: the
+    keys' entropy, ln(number of keys), over the mean answer tokens per key (every key counted once).
+    A loss below it means the model takes something from the context."""
+    tokens = sum(len(processor.encode(str(key))) for key in range(*KEYS))
+    count = KEYS[1] - KEYS[0]
+    return math.log(count) * count / tokens
+
+
 class QAMaker:
     """Builds samples from a filler pool with one tokenizer."""
 
@@ -96,7 +107,7 @@ class QAMaker:
     def sample(self, split: str, length: int, index: int) -> QASample:
         """Sample `index` of `split` at `length` (its own generator: any subset is reproducible)."""
         rng = np.random.default_rng([self.seed, SPLIT_SEEDS[split], length, index])
-        key = str(int(rng.integers(10_000, 100_000)))
+        key = str(int(rng.integers(*KEYS)))
         needle = np.array(self.processor.encode(NEEDLE.format(key=key)), dtype=np.int64)
         answer = np.array(self.processor.encode(key), dtype=np.int64)
         filler_len = length + 1 - len(needle) - len(self.question) - len(answer)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from _launch import check, metrics, tensorboard_scalars, tiny_config, train
 from data_prep.cli import main as prep_main
-from data_prep.qa import NEEDLE, QUESTION
+from data_prep.qa import KEYS, NEEDLE, QUESTION, no_retrieval_floor
 from megaseqpe.config import Config, DataConfig, ModelConfig, PositionConfig
 from megaseqpe.data import load_manifest
 from megaseqpe.data.qa import QASample, collate_qa, qa_samples
@@ -184,3 +184,15 @@ def test_pretrain_finetune_and_evaluate_qa(tmp_path, data_manifest, qa_manifest,
     capsys.readouterr()
     assert eval_main(["--run", str(tmp_path / "pre"), "--task", "qa"]) == 2
     assert "give the QA set to score with --data" in capsys.readouterr().err
+
+
+def test_the_no_retrieval_floor_is_the_loss_of_the_best_model_that_ignores_the_context(data_tokenizer):
+    """Counted independently: a model that knows only the keys' distribution predicts each answer
+    token from the keys sharing the tokens before it; its mean loss per answer token is the floor."""
+    processor = spm.SentencePieceProcessor(model_file=str(data_tokenizer))
+    answers = [tuple(processor.encode(str(key))) for key in range(*KEYS)]
+    prefixes = Counter(answer[:i] for answer in answers for i in range(len(answer) + 1))
+    loss = sum(-np.log(prefixes[a[:i + 1]] / prefixes[a[:i]]) for a in answers for i in range(len(a)))
+    floor = no_retrieval_floor(processor)
+    assert floor == pytest.approx(loss / sum(map(len, answers)), rel=1e-9)
+    assert 0 < floor < np.log(KEYS[1] - KEYS[0])
