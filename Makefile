@@ -12,7 +12,7 @@ DEMO_LENGTHS := 64,128,256,512,1024
 VIT_DATA := data/mnist
 VIT_RUN  := runs/vit-mnist-seqpe
 
-.PHONY: install test bench study study-qa demo demo-vit clean docs
+.PHONY: install test bench study study-qa study-qa-long demo demo-vit clean docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ study: install
 # benchmarks/results/qa_study.json and refreshes benchmarks/REPORT.md.
 study-qa: install
 	$(PY) benchmarks/qa_study.py
+	$(PY) benchmarks/report.py
+
+# make study-qa-long: the same study at a budget where retrieval is learned at L (2500 QA steps, lr 2e-3, every
+# type alike), seeds 1 and 2, five types: about 40 min on 2 cores after `make study-qa`'s pretraining.
+study-qa-long: install
+	$(PY) benchmarks/qa_study.py --variants seqpe,rope,learned,alibi,nope --qa-steps 2500 --qa-lr 2e-3 \
+		--runs-dir benchmarks/runs/qa_long --result qa_study_long
 	$(PY) benchmarks/report.py
 
 # --- make bench-gpu: runs ON a lent GPU machine (python3 with torch, no venv, no network; see README,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from _markdown import figure, table
 
-NOTES = Path(__file__).resolve().parent / "results" / "qa_study.notes.md"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _loss(runs: list[dict], key: str) -> str:
@@ -17,7 +17,13 @@ def _loss(runs: list[dict], key: str) -> str:
 
 
 def qa_section(data: dict) -> list[str]:
+    """`make study-qa`'s result (qa_study) as section 5; another budget's (`--result NAME`) as a
+    subsection; each followed by results/NAME.notes.md when there is one."""
     config = data["config"]
+    name = config.get("result", "qa_study")
+    title = "## 5. Long-context retrieval QA" if name == "qa_study" else \
+        f"### The same study at {config['qa_steps']} QA steps, lr {config['qa_lr']:g} (`{name}`)"
+    notes = RESULTS / f"{name}.notes.md"
     lengths, train = [str(n) for n in config["lengths"]], config["length"]
     by_variant = defaultdict(list)
     for run in data["runs"]:
@@ -34,13 +40,15 @@ def qa_section(data: dict) -> list[str]:
         ax.set(xscale="log", xlabel="context length (tokens)", ylabel="exact match", ylim=(-0.02, 1.02),
                title="Passkey retrieval vs context length")
 
-    return ["## 5. Long-context retrieval QA", "",
+    return [title, "",
             f"`make study-qa`: each type fine-tuned from its pretrained study run on passkey retrieval (`task: qa`, "
-            f"{config['qa_steps']} steps at L = {train}, {config['train_samples']} samples, seeds {config['seeds']}), "
+            f"{config['qa_steps']} steps at L = {train}, lr {config['qa_lr']:g}, {config['train_samples']} samples, "
+            f"seeds {config['seeds']}), "
             f"exact match of the greedy answer on {config['per_length']} test samples per length (5 depths). "
             "Cells: mean over seeds; the last column is the validation loss on answer tokens (at L) "
             "before and after fine-tuning" + (f", against {config['no_retrieval_floor']:.2f} nats, the lowest "
             "a model reaches without reading the fact (the keys' entropy per answer token): only below it "
             "does a type retrieve anything" if "no_retrieval_floor" in config else "") + ".", ""] + \
         table(["type"] + [f"{n} ({int(n) // train}L)" for n in lengths] + ["beyond L", "answer loss"], rows) + \
-        ["", figure("qa_em_vs_length", draw), ""] + ([NOTES.read_text(), ""] if NOTES.exists() else [])
+        ["", figure("qa_em_vs_length" + name.removeprefix("qa_study"), draw), ""] + \
+        ([notes.read_text(), ""] if notes.exists() else [])

@@ -122,7 +122,7 @@ def scaling_section(data: dict) -> list[str]:
 def main() -> None:
     sections = {"pe_overhead": pe_section, "attention": attention_section, "data_throughput": data_section,
                 "extrapolation_study": study_section, "scaling": scaling_section,
-                "qa_study": qa_section, "activation_memory": activation_section}
+                "qa_study": qa_section, "qa_study_long": qa_section, "activation_memory": activation_section}
     lines = ["# Benchmarks", "", "Made by `make bench` from `benchmarks/results/*.json`; all ratios measured side "
              "by side in one run on the same machine.", ""]
     machine = next((d["machine"] for d in map(load, sections) if d and "machine" in d), {})
