@@ -105,8 +105,8 @@ class ModelConfig:
     picks flex: it has no GPU measurement yet. flex has no attention dropout, and on CPU no backward (evaluation
     only there); its bias is a dense [B|1, heads, N, N] float32 tensor (12 GB at N = 16k with 12 heads)."""
     activation_checkpointing: str = "none"
-    """Recompute the trunk's activations in the backward instead of keeping them (training only; same losses and
-    gradients): none; full = every block keeps only its input; selective = every block keeps the outputs of its
+    """Recompute the trunk's and the SeqPE encoder's activations in the backward instead of keeping them (training
+    only; same losses and gradients): none; full = every block keeps only its input; selective = every block keeps the outputs of its
     matmuls and attention kernel and recomputes the rest (norms, activations, dropout). Parameter names are unchanged."""
     bias: bool = True
     """Biases in the trunk's Linear and LayerNorm layers (and the ViT's patch embedding and head)."""

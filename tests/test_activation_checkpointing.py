@@ -61,11 +61,13 @@ def assert_close(reference, other, rel: float) -> None:
 def test_checkpointing_gives_the_same_losses_and_gradients(kind, position_type, mode):
     reference = build(kind, position_type)
     model = prepare_trunk(copy.deepcopy(reference), mode, compile=False)
-    calls = []
-    for block in model.blocks:  # the MLP runs again in the backward when the block is recomputed
-        block.mlp.register_forward_pre_hook(lambda module, args: calls.append(module))
+    calls, encoder_layers = [], list(model.position.checkpointable_blocks())
+    assert len(encoder_layers) == (2 if position_type == "seqpe" else 0)  # the SeqPE encoder's layers
+    for block in [*model.blocks, *encoder_layers]:  # the MLP runs again in the backward when recomputed
+        mlp = block.mlp if block in model.blocks else block.up
+        mlp.register_forward_pre_hook(lambda module, args: calls.append(module))
     expected, got = loss_and_gradients(reference), loss_and_gradients(model)
-    assert len(calls) == 2 * len(model.blocks), "every block is recomputed once in the backward"
+    assert len(calls) == 2 * (len(model.blocks) + len(encoder_layers)), "every block is recomputed once"
     # full replays the very same ops; selective too (its saved matmul outputs are those the replay makes).
     assert_close(expected, got, rel=0.0 if mode == "full" else 1e-6)
     # The position signal is made outside the blocks: its gradient comes back through the recomputation.
@@ -80,7 +82,8 @@ def test_parameter_names_are_unchanged_and_a_copy_stays_independent(mode):
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in reference.named_parameters()]
     model.load_state_dict(reference.state_dict())  # strict: a checkpoint of either loads into the other
     twin = copy.deepcopy(model)
-    assert all(block.forward.args[0] is block for block in twin.blocks), "a copy's blocks run their own weights"
+    blocks = [*twin.blocks, *twin.position.checkpointable_blocks()]
+    assert all(block.forward.args[0] is block for block in blocks), "a copy's blocks run their own weights"
     assert_close(loss_and_gradients(reference), loss_and_gradients(twin), rel=1e-6)
 
 

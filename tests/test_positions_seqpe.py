@@ -120,6 +120,13 @@ def test_positions_beyond_the_encodable_range_are_a_clear_error():
         module(torch.arange(990, 1001).view(1, 11, 1))
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_a_negative_position_is_named_in_training_and_at_evaluation(training):
+    module = make_seqpe().train(training)
+    with torch.set_grad_enabled(training), pytest.raises(ValueError, match=r"position \(-3,\) \(at index \(0, 2\)\)"):
+        module(torch.tensor([0, 1, -3, 4]).view(1, 4, 1))
+
+
 def test_padding_mask_keeps_outputs_finite_and_changes_them():
     plain = make_seqpe(use="input_add")
     masked = make_seqpe(use="input_add", mask_padding=True)

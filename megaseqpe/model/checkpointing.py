@@ -14,13 +14,15 @@ resume, export and `train.init_from` across any setting of either knob.
 
 The position signal (learned table, SeqPE encoder, rotary tables) is computed once outside the
 blocks; its per-layer extras are inputs of the checkpointed blocks, so their gradients reach the
-position module through the recomputation. Dropout draws the same masks on recomputation
+position module through the recomputation. A position module's own blocks (SeqPE's encoder layers,
+`PositionEncoding.checkpointable_blocks`) are checkpointed in the same mode: at long contexts the
+encoder's activations would otherwise outweigh a fully checkpointed trunk's. Dropout draws the same masks on recomputation
 (`preserve_rng_state=True`), so losses and gradients equal the unchecked model's.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -58,7 +60,7 @@ def _checkpointed_forward(block: nn.Module, context_fn: Callable[[], tuple[Any, 
     return checkpoint(forward, block, *args, use_reentrant=False, preserve_rng_state=True, **options, **kwargs)
 
 
-def apply_activation_checkpointing(blocks: nn.ModuleList, mode: str) -> None:
+def apply_activation_checkpointing(blocks: Iterable[nn.Module], mode: str) -> None:
     """Checkpoint every block of `blocks` in place (`mode`: none, full or selective)."""
     if mode not in ACTIVATION_CHECKPOINTING:
         raise ValueError(f"activation checkpointing {mode!r} is not one of {', '.join(ACTIVATION_CHECKPOINTING)}")
@@ -80,8 +82,9 @@ def compile_blocks(blocks: nn.ModuleList) -> None:
 
 def prepare_trunk(model: nn.Module, activation_checkpointing: str, compile: bool) -> nn.Module:
     """Apply the run's activation checkpointing, then compilation (torchtitan's order), to the
-    blocks of `model` (a GPT or a ViT: anything with `blocks`); returns `model`, changed in place."""
-    apply_activation_checkpointing(model.blocks, activation_checkpointing)
+    blocks of `model` (a GPT or a ViT: anything with `blocks` and a `position` module; checkpointing
+    covers that module's own blocks too); returns `model`, changed in place."""
+    apply_activation_checkpointing([*model.blocks, *model.position.checkpointable_blocks()], activation_checkpointing)
     if compile:
         compile_blocks(model.blocks)
     return model

@@ -137,15 +137,23 @@ class PositionEncoding(nn.Module):
         """Parameters applied per encoded position rather than per token (FLOP counting)."""
         return iter(())
 
+    def checkpointable_blocks(self) -> Sequence[nn.Module]:
+        """The blocks of the scheme's own network that `model.activation_checkpointing` wraps as it
+        wraps the trunk's (each is recomputed in the backward instead of keeping its activations)."""
+        return ()
+
     def signal(self, positions: torch.Tensor) -> PositionSignal:
         """The scheme's contribution for checked positions `[B|1, N, n_dims]`."""
         return PositionSignal()
 
     def _check_positions(self, positions: torch.Tensor) -> None:
-        if positions.dim() != 3 or positions.shape[-1] != self.n_dims:
-            raise ValueError(f"positions must be [batch, seq, {self.n_dims}], got {tuple(positions.shape)}")
+        self._check_shape(positions)
         if bool((positions < 0).any()):
             raise ValueError("positions must be non-negative")
+
+    def _check_shape(self, positions: torch.Tensor) -> None:
+        if positions.dim() != 3 or positions.shape[-1] != self.n_dims:
+            raise ValueError(f"positions must be [batch, seq, {self.n_dims}], got {tuple(positions.shape)}")
 
 
 def grid_positions(rows: int, cols: int, device: torch.device) -> torch.Tensor:

@@ -6,7 +6,7 @@ strings are concatenated. Conversion is tensor arithmetic on the positions' own 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -27,15 +27,18 @@ def check_encodable(positions: torch.Tensor, max_digits: int, base: int = 10) ->
     check_all_encodable([positions], max_digits, base)
 
 
-def check_all_encodable(position_tensors: Sequence[torch.Tensor], max_digits: int, base: int = 10) -> None:
-    """`check_encodable` for several tensors with ONE host sync when every position is encodable
-    (a SeqPE step checks the model's and the objectives' positions together); otherwise the error
-    names the first bad position of the first tensor holding one."""
+def _check_kinds(position_tensors: Sequence[torch.Tensor], base: int) -> None:
     for positions in position_tensors:
         if positions.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
     if base < 2:
         raise ValueError(f"base must be at least 2, got {base}")
+
+
+def check_all_encodable(position_tensors: Sequence[torch.Tensor], max_digits: int, base: int = 10) -> None:
+    """`check_encodable` for several tensors with ONE host sync when every position is encodable;
+    otherwise the error names the first bad position of the first tensor holding one."""
+    _check_kinds(position_tensors, base)
     limit = base ** max_digits
     outside = [(positions < 0) | (positions >= limit) for positions in position_tensors]
     if not bool(torch.stack([bad.any() for bad in outside]).any()):
@@ -47,6 +50,35 @@ def check_all_encodable(position_tensors: Sequence[torch.Tensor], max_digits: in
     raise ValueError(
         f"position {position} (at index {where}) cannot be written with {max_digits} base-{base} "
         f"digits: encodable coordinates are 0..{limit - 1}")
+
+
+class DeferredRangeCheck:
+    """`check_all_encodable` that adds no host sync of its own to a step whose caller synchronises
+    anyway (SeqPE's `torch.unique`): the overall min and max are copied to the host, without waiting,
+    when it is made, and read by `finish()` after that sync, when the copy is long done. Only a
+    failing check goes on to `check_all_encodable`, whose error names the position."""
+
+    def __init__(self, position_tensors: Sequence[torch.Tensor], max_digits: int, base: int = 10) -> None:
+        _check_kinds(position_tensors, base)
+        self.position_tensors, self.max_digits, self.base = position_tensors, max_digits, base
+        flat = torch.cat([p.reshape(-1) for p in position_tensors])
+        self._bounds: Optional[torch.Tensor] = None
+        self._copied: Optional[torch.cuda.Event] = None
+        if flat.numel():
+            self._bounds = torch.stack([flat.amin(), flat.amax()]).to("cpu", non_blocking=True)
+            if flat.is_cuda:  # a non-blocking copy to the host: finish() must know it has landed
+                self._copied = torch.cuda.Event()
+                self._copied.record()
+
+    def finish(self) -> None:
+        """Raise the ValueError of `check_all_encodable` if any position is out of range."""
+        if self._bounds is None:
+            return
+        if self._copied is not None:
+            self._copied.synchronize()  # already complete after the caller's sync: no wait
+        low, high = self._bounds.tolist()
+        if low < 0 or high >= self.base ** self.max_digits:
+            check_all_encodable(self.position_tensors, self.max_digits, self.base)
 
 
 def to_digits(positions: torch.Tensor, max_digits: int, base: int = 10, *,

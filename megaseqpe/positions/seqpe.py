@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig, PositionConfig
 from .base import AttentionExtras, PositionEncoding, PositionSignal
-from .digits import check_all_encodable, check_encodable, digits_needed, to_digits
+from .digits import DeferredRangeCheck, check_encodable, digits_needed, to_digits
 from .objectives import ObjectiveSample, SeqPEObjectives
 
 
@@ -215,10 +215,12 @@ class SeqPE(PositionEncoding):
         return [embeddings[index] for index in inverses]
 
     def _encode_unique(self, position_tensors: Sequence[torch.Tensor]):
-        # One check of every tensor (one host sync), before keying: a key would wrap an overflow silently.
-        check_all_encodable(position_tensors, self.max_digits, self.encoder.base)
+        # Every tensor's range is checked before the encoder runs: a key would wrap an overflow silently.
+        # The check reads its copy of the bounds after the unique, whose host sync it shares.
+        range_check = DeferredRangeCheck(position_tensors, self.max_digits, self.encoder.base)
         flat = torch.cat([p.reshape(-1, self.n_dims).to(torch.int64) for p in position_tensors])
         unique_keys, inverse = torch.unique((flat * self.key_strides).sum(-1), return_inverse=True)
+        range_check.finish()
         embeddings = self.encoder(self._unravel(unique_keys), checked=True)
         counts = [p.numel() // self.n_dims for p in position_tensors]
         inverses = [i.view(p.shape[:-1]) for i, p in zip(inverse.split(counts), position_tensors)]
@@ -230,12 +232,17 @@ class SeqPE(PositionEncoding):
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         return self.encoder.parameters()
 
+    def checkpointable_blocks(self) -> Sequence[nn.Module]:
+        # At long contexts the encoder's activations (every prefix token's, in every layer, with the
+        # keys gathered per token) outweigh a checkpointed trunk's: its layers are wrapped too.
+        return self.encoder.layers
+
     # ----------------------------------------------------------------- the model's view
     def forward(self, positions: torch.Tensor, objectives: Optional[ObjectiveSample] = None,
                 prefix: Optional[torch.Tensor] = None) -> PositionSignal:
         """The signal for `positions` (and a `prefix`, see `_signal`); with the step plan's `objectives`
         sample, also their weighted losses, all from one encoder pass over the distinct positions of both."""
-        self._check_positions(positions)
+        self._check_shape(positions)  # the range check below covers negative positions too
         if not self.training and not torch.is_grad_enabled() and objectives is None:
             return self._signal_from_table(positions, prefix)
         named = objectives.named_positions() if objectives is not None else {}
