@@ -20,7 +20,7 @@ import sentencepiece as spm
 import megaseqpe
 from megaseqpe.data.manifest import (KIND_QA, InputsInfo, Manifest, ManifestError, SplitInfo, TokenizerInfo,
                                      load_manifest)
-from megaseqpe.data.qa import QAInfo, QASample, encode_qa_sample
+from megaseqpe.data.qa_samples import QAInfo, QASample, encode_qa_sample
 from megaseqpe.data.samples import decode_tokens, token_dtype
 from megaseqpe.data.shard_reader import iter_shard_samples
 

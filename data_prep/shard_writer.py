@@ -18,15 +18,17 @@ import tarfile
 import tempfile
 from itertools import chain
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 import numpy as np
-from webdataset import TarWriter
 
 from megaseqpe.data import SHARD_PATTERN, ShardInfo, encode_sample
 from megaseqpe.data.samples import check_key, encode_meta, tokens_header
 
 from .outputs import commit, temp_path
+
+if TYPE_CHECKING:
+    from webdataset import TarWriter
 
 
 class _HashingFile:
@@ -76,6 +78,8 @@ class SplitShardWriter:
         self._path = self.root / self.split / SHARD_PATTERN.format(len(self.shards))
         self._raw = open(temp_path(self._path), "wb")
         self._file = _HashingFile(self._raw)
+        # Imported here: webdataset imports torch (seconds), which no other part of megaseqpe-prep needs.
+        from webdataset import TarWriter
         self._tar = TarWriter(self._file, encoder=False, mtime=0, user="megaseqpe",
                               group="megaseqpe", mode=0o444)
         self._samples = 0

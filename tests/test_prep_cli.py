@@ -40,6 +40,16 @@ def test_top_level_help_lists_subcommands() -> None:
     assert result.returncode == 0 and "tokenizer" in result.stdout and "shards" in result.stdout
 
 
+def test_the_command_lines_start_without_importing_torch() -> None:
+    """--help and every argument error come back at once: importing torch takes seconds, and no
+    command line module needs it before its command runs."""
+    modules = ["data_prep.cli", "megaseqpe.training.cli", "megaseqpe.evaluation.cli", "megaseqpe.generation.cli",
+               "megaseqpe.export.cli"]
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in sys.modules if m.startswith('torch')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 def test_missing_input(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     assert_one_line_error(prep("tokenizer", "--input", str(missing), "--vocab-size", "300",
