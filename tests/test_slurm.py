@@ -90,9 +90,9 @@ def job_log(log_dir, job):
     return (log_dir / f"megaseqpe-{job}.out").read_text(errors="replace")  # ranks interleave bytes
 
 
-# Long enough (about 20 s on 2 cores) that a signal lands mid-run.
-TRAIN = {"max_steps": 200, "save_every": 20, "eval_every": 100, "log_every": 1}
-STEPS = list(range(1, 201))
+# Long enough (about 15 s on 2 cores) that a signal sent at step 10, or a node lost at step 30, lands mid-run.
+TRAIN = {"max_steps": 100, "save_every": 20, "eval_every": 50, "log_every": 1}
+STEPS = list(range(1, 101))
 SIZE = {"model": {"d_model": 128, "max_seq_len": 64}, "data": {"micro_batch_size": 8}}
 
 
@@ -112,7 +112,7 @@ def test_two_node_job_runs_one_rank_per_node_and_leaves_its_run(cluster, uninter
         "rank 1/2 local_rank 0 on node node2 (launcher: torchrun)" in log, log
     run_dir = tmp / "reference"
     assert sorted(train_losses(run_dir)) == STEPS
-    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000200"
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000100"
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -128,7 +128,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_same_losses(clust
     assert int(job_field(cluster, job, "Restarts")) >= 1
     log = job_log(tmp_path, job)
     saved = int(re.search(r"stop requested: checkpointed at step (\d+)", log).group(1))
-    assert 10 <= saved < 200, "the preemption checkpointed mid-run"
+    assert 10 <= saved < 100, "the preemption checkpointed mid-run"
     assert f"resumed from step_{saved:08d}" in log
     steps = [m["step"] for m in metrics(run_dir) if "train/loss" in m]
     assert steps == STEPS, "contiguous, none repeated after the resume point"
