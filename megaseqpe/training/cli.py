@@ -21,8 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (YAML, after overrides and aliases) and exit without training")
     args = parser.parse_args(argv)
-    if args.print_config:
-        return _print_config(args.config, args.overrides)
+    try:  # before torch is imported (seconds): a mistyped key is reported at once
+        config = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(dump_config(config), end="")
+            return 0
+        if not config.data.primary_manifest:
+            raise ConfigError("data.manifest: not set (the manifest.json written by megaseqpe-prep shards; "
+                              "or data.sources for a weighted mixture)")
+    except ConfigError as error:
+        print(f"megaseqpe-train: error: {error}", file=sys.stderr)
+        return 2
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
     from ..data import CorruptShardError, DataStreamMismatch, ManifestError, NotEnoughShardsError
     from ..rundir import CheckpointError
@@ -31,10 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import train
     from .run_lock import RunLockedError
     try:
-        config = load_config(args.config, args.overrides)
-        if not config.data.primary_manifest:
-            raise ConfigError("data.manifest: not set (the manifest.json written by megaseqpe-prep shards; "
-                              "or data.sources for a weighted mixture)")
         code = train(config)
     except (ConfigError, ManifestError, NotEnoughShardsError, CheckpointError, CorruptShardError,
             DataStreamMismatch, RunLockedError, StaleBuildLockError) as error:
@@ -45,16 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _shutdown()
     return code
-
-
-def _print_config(path: str, overrides: list[str]) -> int:
-    try:
-        config = load_config(path, overrides)
-    except ConfigError as error:
-        print(f"megaseqpe-train: error: {error}", file=sys.stderr)
-        return 2
-    print(dump_config(config), end="")
-    return 0
 
 
 def _has_cuda() -> bool:
