@@ -69,5 +69,6 @@ def test_plain_srun_layout_derives_master_from_the_nodelist_and_job_id():
 
 
 def test_single_process_and_a_one_task_srun():
-    assert detect({}).launcher == "single"
+    single = detect({})
+    assert single.launcher == "single" and single.master_port == 0, "port 0: the OS picks a free one"
     assert detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "1"}).world_size == 1

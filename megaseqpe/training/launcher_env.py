@@ -87,4 +87,6 @@ def detect(environ: Mapping[str, str] = os.environ) -> DistributedEnv:
         return DistributedEnv(int(environ["SLURM_PROCID"]), int(environ.get("SLURM_LOCALID", 0)),
                               int(environ["SLURM_NTASKS"]), environ.get("MASTER_ADDR") or hostnames(nodelist)[0],
                               int(environ.get("MASTER_PORT") or slurm_port(environ["SLURM_JOB_ID"])), "slurm")
-    return DistributedEnv(0, 0, 1, "127.0.0.1", 29500 + os.getpid() % 1000, "single")
+    # Port 0: the OS picks a free one. A group of one has no peer to agree a port with, so single-process
+    # runs sharing a machine (a workstation, a test suite) can never collide on it.
+    return DistributedEnv(0, 0, 1, "127.0.0.1", 0, "single")
