@@ -7,7 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -58,6 +60,14 @@ def train_command(config: Path, *overrides: str, nproc: int = 2) -> list[str]:
 def train(config: Path, *overrides: str, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(train_command(config, *overrides, nproc=nproc), cwd=REPO, env=environment(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def train_concurrently(jobs: Sequence[tuple[Path, Sequence[str]]]) -> list[subprocess.CompletedProcess]:
+    """`train(config, *overrides, nproc=1)` for each job, as many at once as there are cores: each run
+    is one single-threaded process with its own directory, seed and port (the OS picks it), so the
+    results are those of running them one after another, in about half the time on 2 cores."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda job: train(job[0], *job[1], nproc=1), jobs))
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
 
@@ -175,19 +176,10 @@ def test_sources_resolve_names_round_trip_and_a_change_is_refused_on_resume() ->
                           "data": {"sources": [{"manifest": "d/img"}]}})
 
 
-@pytest.mark.multiprocess
-def test_killed_mixture_run_resumes_exactly_with_per_source_tokens_and_validation(tmp_path, sources) -> None:
-    """One process, kill -9 after the checkpoint at step 3 (24 steps: the kill lands long before the
-    end): the rerun's losses and per-source token counts equal an uninterrupted run's, and the counts
-    are those of the rows the choices picked."""
-    data = {"manifest": "", "sources": [{"manifest": s.manifest, "weight": s.weight, "name": s.name} for s in sources]}
-    steps = {"max_steps": 24, "save_every": 3, "eval_every": 8}
-    reference = tiny_config(tmp_path, sources[0].manifest, name="reference", data=data, train=steps)
-    check(train(reference, nproc=1))
-    config = tiny_config(tmp_path, sources[0].manifest, name="killed", data=data, train=steps)
+def kill_after_a_checkpoint(config: Path, run_dir: Path) -> None:
+    """Run `config` in one process, kill -9 it past its checkpoint at step 3, then rerun it to the end."""
     process = subprocess.Popen(train_command(config, nproc=1), cwd=REPO, env=environment(), text=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    run_dir = tmp_path / "killed"
     try:
         wait_for_step(run_dir, 4, process)
         os.kill(process.pid, signal.SIGKILL)  # past the checkpoint at step 3
@@ -198,6 +190,22 @@ def test_killed_mixture_run_resumes_exactly_with_per_source_tokens_and_validatio
     killed_at = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("step_"))
     assert killed_at in range(3, 24, 3), killed_at
     check(train(config, nproc=1))
+
+
+@pytest.mark.multiprocess
+def test_killed_mixture_run_resumes_exactly_with_per_source_tokens_and_validation(tmp_path, sources) -> None:
+    """One process, kill -9 after the checkpoint at step 3 (24 steps: the kill lands long before the
+    end): the rerun's losses and per-source token counts equal an uninterrupted run's, and the counts
+    are those of the rows the choices picked."""
+    data = {"manifest": "", "sources": [{"manifest": s.manifest, "weight": s.weight, "name": s.name} for s in sources]}
+    steps = {"max_steps": 24, "save_every": 3, "eval_every": 8}
+    reference = tiny_config(tmp_path, sources[0].manifest, name="reference", data=data, train=steps)
+    with ThreadPoolExecutor(1) as pool:  # the uninterrupted run, beside the killed one (one thread each)
+        uninterrupted = pool.submit(train, reference, nproc=1)
+        run_dir = tmp_path / "killed"
+        kill_after_a_checkpoint(tiny_config(tmp_path, sources[0].manifest, name="killed", data=data, train=steps),
+                                run_dir)
+        check(uninterrupted.result())
 
     expected, events = tensorboard_scalars(tmp_path / "reference"), tensorboard_scalars(run_dir)
     for tag in ("train/loss", "data/tokens/first", "data/tokens/second", "val/loss", "val/loss/first",

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from _launch import REPO, check, environment, metrics, tensorboard_scalars as scalars, tiny_config, train
+from _launch import (REPO, check, environment, metrics, tensorboard_scalars as scalars, tiny_config, train,
+                     train_concurrently)
 from megaseqpe.evaluation import evaluate_run
 
 pytestmark = pytest.mark.multiprocess
@@ -24,16 +25,13 @@ def runs(tmp_path_factory, data_manifest):
     """One short single-process run per position type; its captured (not a terminal) stdout and stderr
     kept beside it as KIND.stdout, KIND.stderr."""
     tmp = tmp_path_factory.mktemp("types")
-    out = {}
-    for kind in POSITION_TYPES:
-        config = tiny_config(tmp, data_manifest, name=kind, position={"type": kind},
-                             train={"max_steps": 4, "eval_every": 2, "save_every": 4})
-        result = train(config, nproc=1)
+    configs = [tiny_config(tmp, data_manifest, name=kind, position={"type": kind},
+                           train={"max_steps": 4, "eval_every": 2, "save_every": 4}) for kind in POSITION_TYPES]
+    for kind, result in zip(POSITION_TYPES, train_concurrently([(config, ()) for config in configs])):
         check(result)
         (tmp / f"{kind}.stdout").write_text(result.stdout)
         (tmp / f"{kind}.stderr").write_text(result.stderr)
-        out[kind] = tmp / kind
-    return out
+    return {kind: tmp / kind for kind in POSITION_TYPES}
 
 
 def test_tensorboard_has_every_documented_tag_and_metrics_jsonl_the_same_numbers(runs):

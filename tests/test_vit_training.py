@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from _launch import REPO, check, environment, metrics, tensorboard_scalars as scalars, train
+from _launch import REPO, check, environment, metrics, tensorboard_scalars as scalars, train, train_concurrently
 from megaseqpe.evaluation import evaluate_run
 
 pytestmark = pytest.mark.multiprocess
@@ -20,14 +20,15 @@ STEPS = 300
 def vit_runs(tmp_path_factory, vit_digits_manifest):
     """One short run per position type from its configs/vit-digits-<type>.yaml, same budget."""
     tmp = tmp_path_factory.mktemp("vit_runs")
-    runs = {}
-    for kind in POSITION_TYPES:
-        overrides = [f"data.manifest={vit_digits_manifest}", f"run.dir={tmp / kind}", f"train.max_steps={STEPS}",
-                     "train.eval_every=150", f"train.save_every={STEPS}", "train.log_every=5",
-                     "train.eval_batches=20", "train.warmup_steps=10"]
-        check(train(REPO / "configs" / f"vit-digits-{kind}.yaml", *overrides, nproc=2 if kind == "seqpe" else 1))
-        runs[kind] = tmp / kind
-    return runs
+    jobs = {kind: (REPO / "configs" / f"vit-digits-{kind}.yaml",
+                   [f"data.manifest={vit_digits_manifest}", f"run.dir={tmp / kind}", f"train.max_steps={STEPS}",
+                    "train.eval_every=150", f"train.save_every={STEPS}", "train.log_every=5",
+                    "train.eval_batches=20", "train.warmup_steps=10"]) for kind in POSITION_TYPES}
+    config, overrides = jobs.pop("seqpe")
+    check(train(config, *overrides, nproc=2))
+    for result in train_concurrently(list(jobs.values())):  # the one-process baselines, side by side
+        check(result)
+    return {kind: tmp / kind for kind in POSITION_TYPES}
 
 
 @pytest.mark.parametrize("kind", POSITION_TYPES)
