@@ -174,10 +174,11 @@ def with_score_bias(signal: Any, backend: str, *, documents: Optional[torch.Tens
     `CPU_BIAS_MAX_ELEMENTS`); `signal` itself otherwise. A model calls this once per pass, outside its
     (possibly checkpointed or compiled) blocks, which then take the bias as an input: layers sharing
     one extras object share one bias."""
-    if not any(_reads_score_bias(extras, backend, documents, dropout_p) for extras in signal.layers):
+    reads = [_reads_score_bias(extras, backend, documents, dropout_p) for extras in signal.layers]
+    if not any(reads):
         return signal
     layers = [dataclasses.replace(extras, pe_bias=seqpe_score_bias(extras.pe_q, extras.pe_k, extras.pe_scale))
-              if _reads_score_bias(extras, backend, documents, dropout_p) else extras for extras in signal.layers]
+              if read else extras for extras, read in zip(signal.layers, reads)]
     return dataclasses.replace(signal, layers=layers)
 
 

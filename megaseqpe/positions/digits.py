@@ -58,15 +58,16 @@ class DeferredRangeCheck:
     when it is made, and read by `finish()` after that sync, when the copy is long done. Only a
     failing check goes on to `check_all_encodable`, whose error names the position."""
 
-    def __init__(self, position_tensors: Sequence[torch.Tensor], max_digits: int, base: int = 10) -> None:
+    def __init__(self, position_tensors: Sequence[torch.Tensor], coordinates: torch.Tensor, max_digits: int,
+                 base: int = 10) -> None:
+        """`coordinates`: every coordinate of `position_tensors` in one tensor, as the caller keys them."""
         _check_kinds(position_tensors, base)
         self.position_tensors, self.max_digits, self.base = position_tensors, max_digits, base
-        flat = torch.cat([p.reshape(-1) for p in position_tensors])
         self._bounds: Optional[torch.Tensor] = None
         self._copied: Optional[torch.cuda.Event] = None
-        if flat.numel():
-            self._bounds = torch.stack([flat.amin(), flat.amax()]).to("cpu", non_blocking=True)
-            if flat.is_cuda:  # a non-blocking copy to the host: finish() must know it has landed
+        if coordinates.numel():
+            self._bounds = torch.stack([coordinates.amin(), coordinates.amax()]).to("cpu", non_blocking=True)
+            if coordinates.is_cuda:  # a non-blocking copy to the host: finish() must know it has landed
                 self._copied = torch.cuda.Event()
                 self._copied.record()
 

@@ -215,10 +215,10 @@ class SeqPE(PositionEncoding):
         return [embeddings[index] for index in inverses]
 
     def _encode_unique(self, position_tensors: Sequence[torch.Tensor]):
+        flat = torch.cat([p.reshape(-1, self.n_dims).to(torch.int64) for p in position_tensors])
         # Every tensor's range is checked before the encoder runs: a key would wrap an overflow silently.
         # The check reads its copy of the bounds after the unique, whose host sync it shares.
-        range_check = DeferredRangeCheck(position_tensors, self.max_digits, self.encoder.base)
-        flat = torch.cat([p.reshape(-1, self.n_dims).to(torch.int64) for p in position_tensors])
+        range_check = DeferredRangeCheck(position_tensors, flat, self.max_digits, self.encoder.base)
         unique_keys, inverse = torch.unique((flat * self.key_strides).sum(-1), return_inverse=True)
         range_check.finish()
         embeddings = self.encoder(self._unravel(unique_keys), checked=True)
