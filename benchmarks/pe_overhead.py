@@ -42,12 +42,12 @@ class EveryOccurrenceSeqPE(SeqPE):
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
-        self.encoder.share_prefixes = False
+        self.encoder.graphs.share_prefixes = False
         self.encoder.summary_only_last_layer = False
 
     def _encode_unique(self, position_tensors):
         flat = [p.reshape(-1, self.n_dims) for p in position_tensors]
-        embeddings = self.encoder(torch.cat(flat))
+        embeddings = self.encoder.embed(torch.cat(flat))
         inverses = list(torch.arange(embeddings.shape[0]).split([f.shape[0] for f in flat]))
         return embeddings, [i.view(p.shape[:-1]) for i, p in zip(inverses, position_tensors)]
 

@@ -24,22 +24,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import ensure_allocator_env, time_interleaved, write_result  # noqa: E402
 
-from megaseqpe.positions import SeqPEEncoder  # noqa: E402
+from megaseqpe.positions import DigitGraphs, SeqPEEncoder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def encoder_scaling(counts: list[int], steps: int) -> dict:
     torch.manual_seed(0)
-    encoder = SeqPEEncoder(n_dims=1, max_digits=5, base=10, width=256, n_layer=2, n_head=4, out_dim=256)
+    encoder = SeqPEEncoder(DigitGraphs(n_dims=1, max_digits=5, base=10), width=256, n_layer=2, n_head=4, out_dim=256)
     rows = []
     for count in counts:
         positions = torch.as_tensor(np.sort(np.random.default_rng(count).choice(20000, count, replace=False)))[:, None]
 
         def run(share: bool):
             def step():
-                encoder.share_prefixes = share
-                encoder(positions).sum().backward()
+                encoder.graphs.share_prefixes = share
+                encoder.embed(positions).sum().backward()
                 encoder.zero_grad(set_to_none=True)
             return step
         seconds = time_interleaved({"shared_prefixes": run(True), "every_digit": run(False)}, 1, steps)

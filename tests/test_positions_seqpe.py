@@ -16,7 +16,7 @@ def make_seqpe(n_dims=1, use="attn_scalar", proj="single", **position) -> SeqPE:
 
 def count_encoder_calls(module: SeqPE) -> list:
     calls = []
-    module.encoder.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    module.encoder.register_forward_hook(lambda mod, args, out: calls.append(args[0].rows))
     return calls
 
 
@@ -39,7 +39,7 @@ def test_unique_batching_equals_encoding_every_occurrence(n_dims):
     grads_unique = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
     module.zero_grad()
 
-    naive = [module.encoder(t.reshape(-1, n_dims)).view(*t.shape[:-1], -1) for t in (main, pivots, candidates)]
+    naive = [module.encoder.embed(t.reshape(-1, n_dims)).view(*t.shape[:-1], -1) for t in (main, pivots, candidates)]
     for u, n in zip(unique, naive):
         torch.testing.assert_close(u, n, rtol=1e-10, atol=1e-12)
     sum((n * w).sum() for n, w in zip(naive, weights)).backward()
@@ -110,7 +110,7 @@ def test_two_dimensional_inference_table_matches_direct_encoding():
     grid = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij"), -1).view(1, 15, 2)
     with torch.no_grad():
         cached = module(grid).input_embedding
-        direct = module.encoder(grid[0])
+        direct = module.encoder.embed(grid[0])
     torch.testing.assert_close(cached[0], direct)
 
 
@@ -149,7 +149,7 @@ def test_shared_prefix_tokens_equal_encoding_every_digit(n_dims, mask_padding):
     """The causal encoder computes each distinct digit prefix once; the result must be exact."""
     module = make_seqpe(n_dims=n_dims, mask_padding=mask_padding).double()
     positions = torch.unique(torch.randint(0, 1000, (300, n_dims), generator=torch.Generator().manual_seed(3)), dim=0)
-    shared = module.encoder(positions)
-    module.encoder.share_prefixes = False
-    every_digit = module.encoder(positions)
+    shared = module.encoder.embed(positions)
+    module.encoder.graphs.share_prefixes = False
+    every_digit = module.encoder.embed(positions)
     torch.testing.assert_close(shared, every_digit, rtol=1e-10, atol=1e-12)

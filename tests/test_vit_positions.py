@@ -35,7 +35,7 @@ def test_one_encoder_pass_encodes_each_distinct_coordinate_pair_once():
                         "position.encoder_dropout=0.0")
     model = build_vit(config)
     calls = []
-    model.position.encoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    model.position.encoder.register_forward_hook(lambda module, args, output: calls.append(args[0].rows))
     plan = build_step_planner(config, (4, 4)).plan(0, 0, torch.device("cpu"))
     out = model(torch.rand(2, 1, 16, 16), positions=plan.positions, objectives=plan.objectives)
     everything = torch.cat([plan.positions.reshape(-1, 2)] +

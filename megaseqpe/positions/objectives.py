@@ -18,6 +18,7 @@ import torch
 
 from ..config import PositionConfig
 from .contrastive import ContrastiveBatch, ContrastiveObjective
+from .digit_graph import EncoderPass
 from .distillation import DistillationBatch, DistillationObjective, Similarity
 
 __all__ = ["ContrastiveBatch", "ContrastiveObjective", "DistillationBatch", "DistillationObjective",
@@ -26,10 +27,18 @@ __all__ = ["ContrastiveBatch", "ContrastiveObjective", "DistillationBatch", "Dis
 
 @dataclass
 class ObjectiveSample:
-    """What `SeqPEObjectives.sample` drew for one step."""
+    """What `SeqPEObjectives.sample` drew for one step, and, from the step planner, one encoder pass
+    laid out over `model_positions` (the plan's) and every position drawn here, in that order."""
 
     contrastive: Optional[ContrastiveBatch]
     distillation: Optional[DistillationBatch]
+    encoder_pass: Optional[EncoderPass] = None
+    model_positions: Optional[torch.Tensor] = None
+
+    def prepared_pass(self, positions: torch.Tensor) -> Optional[EncoderPass]:
+        """The planner's encoder pass if it was laid out for `positions`, the plan's own tensor (a task
+        that derives other positions from them, as document masking restarts them, gets None)."""
+        return self.encoder_pass if positions is self.model_positions else None
 
     def named_positions(self) -> dict[str, torch.Tensor]:
         """Every position tensor the objectives need, by the name `SeqPEObjectives.losses` reads."""

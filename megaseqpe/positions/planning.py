@@ -1,7 +1,7 @@
 """Which positions a training step uses (docs/method.md §2.1) and what the SeqPE objectives sample.
 
 A planner gives each training micro-batch its `StepPlan`: the positions of the model's tokens
-and, for SeqPE, the objectives' sample. The position module reads the plan; the trainer only
+and, for SeqPE, the objectives' sample with the step's encoder pass laid out. The position module reads the plan; the trainer only
 passes it along, so it never needs to know which scheme it trains.
 
 Every random choice is a pure function of (seed, step, rank): a resumed run draws exactly what
@@ -11,15 +11,38 @@ across ranks (whether the step is shifted, the distillation teacher window) use 
 """
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from ..config import Config
+from .digit_graph import DigitGraphs
 from .objectives import ObjectiveSample, SeqPEObjectives
+
+
+def to_device(value: Any, device: torch.device, moved: Optional[dict[int, torch.Tensor]] = None) -> Any:
+    """`value` (a tensor, or a dataclass, list or tuple holding tensors) with every tensor on `device`;
+    a tensor held in several places is moved once and stays one object there (`moved`: by id). To
+    CUDA the copies are pinned and non-blocking: the planner's thread queues them without waiting,
+    and kernels queued after them on the stream read them once they have landed."""
+    moved = {} if moved is None else moved
+    if isinstance(value, torch.Tensor):
+        if id(value) not in moved:
+            pinned = device.type == "cuda" and value.device.type == "cpu"
+            moved[id(value)] = value.pin_memory().to(device, non_blocking=True) if pinned else value.to(device)
+        return moved[id(value)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: to_device(getattr(value, f.name), device, moved)
+                                             for f in dataclasses.fields(value)})
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(item, device, moved) for item in value)
+    return value
+
+
 
 
 @dataclass
@@ -49,7 +72,9 @@ class SeqPEStepPlanner(StepPlanner):
     subset of `random_shift_downsample` window starts and takes `main_batch_size` consecutive
     windows of it (from a random place, wrapping round), batch row r using window r mod that
     count. The objectives' positions are sampled on every micro-batch, distillation only on
-    unshifted ones. The constructor checks every constraint of the settings, so a bad one fails
+    unshifted ones. The plan carries the step's encoder pass (digit_graph.py), laid out on the host
+    over the model's positions and the objectives': the model's step then runs it with no host sync
+    (the pass's two `torch.unique` calls are the planner's). The constructor checks every constraint of the settings, so a bad one fails
     at start-up naming its key rather than at the first step."""
 
     def __init__(self, config: Config, extents: tuple[int, ...]) -> None:
@@ -62,9 +87,10 @@ class SeqPEStepPlanner(StepPlanner):
         objectives = SeqPEObjectives(position, config.model.n_head)
         objectives.check(self.extents)
         self.objectives = objectives if objectives.enabled else None
-        # While a GPU runs a step the host is idle: plan the next micro-step meanwhile, off the
-        # critical path (a pure function of (seed, step, rank): only WHEN it is computed changes).
-        # On CPU the step itself uses every core.
+        self.graphs = DigitGraphs.for_position(position)
+        # While a GPU runs a step the host is idle: plan the next micro-step meanwhile (sampling and
+        # the encoder pass's layout), off the critical path (a pure function of (seed, step, rank):
+        # only WHEN it is computed changes). On CPU the step itself uses every core.
         self.prefetch = torch.cuda.is_available()
         self._pool: Optional[ThreadPoolExecutor] = None
         self._next: Optional[tuple[tuple, Future]] = None
@@ -95,20 +121,22 @@ class SeqPEStepPlanner(StepPlanner):
         return plan
 
     def _plan(self, step: int, rank: int, device: torch.device) -> StepPlan:
+        """The plan drawn and its encoder pass laid out on the host, then moved to `device`."""
         shared = np.random.default_rng([self.seed, step])
         local = np.random.default_rng([self.seed, step, rank + 1])
         shifted = bool(shared.random() < self.shift_rate)
-        window = self.window.to(device)
         if shifted:
             subset = self.window_starts(rank)
             chosen = (int(local.integers(0, len(subset))) + np.arange(self.windows)) % len(subset)
             rows = np.arange(self.batch_size) % self.windows  # tile the batch over the windows
-            starts = torch.as_tensor(subset[chosen][rows], device=device)  # [batch, n_dims]
-            positions = starts[:, None, :] + window
+            starts = torch.as_tensor(subset[chosen][rows])  # [batch, n_dims]
+            positions = starts[:, None, :] + self.window
         else:
-            positions = window.unsqueeze(0)
-        sample = None
+            positions = self.window.unsqueeze(0)
+        sample = ObjectiveSample(None, None)
         if self.objectives is not None:
             sample = self.objectives.sample(self.extents, shared, local, seed=self.seed, step=step, rank=rank,
-                                            device=device, distill=not shifted)
-        return StepPlan(positions, sample, shifted)
+                                            distill=not shifted)
+        sample.encoder_pass = self.graphs.encoder_pass([positions, *sample.named_positions().values()])
+        sample.model_positions = positions
+        return to_device(StepPlan(positions, sample, shifted), device)

@@ -18,7 +18,8 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig, PositionConfig
 from .base import AttentionExtras, PositionEncoding, PositionSignal
-from .digits import DeferredRangeCheck, check_encodable, digits_needed, to_digits
+from .digit_graph import DigitGraph, DigitGraphs
+from .digits import check_encodable
 from .objectives import ObjectiveSample, SeqPEObjectives
 
 
@@ -74,109 +75,53 @@ class _EncoderBlock(nn.Module):
 class SeqPEEncoder(nn.Module):
     """Digits → pre-LN Transformer → summary token → (LayerNorm) → Linear → / temperature.
 
-    Tokens are laid out as a graph: every token lists the tokens it attends to. Under the
-    default causal attention a digit's states depend only on the digits before it, so
-    positions sharing a prefix (0..19999 share 2, 20, 200, 2000 prefixes at slots 0-3) share
-    those tokens: each distinct prefix is computed once, and only the last digit and the
-    summary token are per position. Bidirectional attention gets one token per digit.
+    `graphs` lays positions out as tokens (digit_graph.py): under causal attention one token per
+    distinct digit prefix, then one summary token per position.
     """
 
-    def __init__(self, *, n_dims: int, max_digits: int, base: int, width: int, n_layer: int,
-                 n_head: int, out_dim: int, causal: bool = True, mask_padding: bool = False,
+    def __init__(self, graphs: DigitGraphs, *, width: int, n_layer: int, n_head: int, out_dim: int,
                  final_layernorm: bool = True, temperature: float = 1.0, dropout: float = 0.1,
                  attention_dropout: float = 0.0) -> None:
         super().__init__()
         if width % n_head:
             raise ConfigError(f"position.d_pe: encoder width {width} is not divisible by {n_head} heads")
-        self.n_dims, self.max_digits, self.base = n_dims, max_digits, base
-        self.causal, self.mask_padding, self.temperature = causal, mask_padding, temperature
-        self.seq_len = n_dims * max_digits
-        self.digit_embedding = nn.Embedding(base, width)
-        self.slot_embedding = nn.Embedding(self.seq_len, width)
+        self.graphs, self.temperature = graphs, temperature
+        self.digit_embedding = nn.Embedding(graphs.base, width)
+        self.slot_embedding = nn.Embedding(graphs.seq_len, width)
         # One learned vector per dimension, shared by that dimension's slots: tells rows from columns.
-        self.dim_embedding = nn.Embedding(n_dims, width) if n_dims > 1 else None
+        self.dim_embedding = nn.Embedding(graphs.n_dims, width) if graphs.n_dims > 1 else None
         self.summary_token = nn.Parameter(torch.randn(width) * 0.02)
         self.layers = nn.ModuleList(_EncoderBlock(width, n_head, dropout, attention_dropout) for _ in range(n_layer))
         self.final_norm = nn.LayerNorm(width) if final_layernorm else nn.Identity()
         self.out_proj = nn.Linear(width, out_dim)
-        self.share_prefixes = causal  # False computes every digit token of every position (tests)
         # The last layer's outputs are read at the summary tokens only, so the digit tokens there
         # only supply keys and values (exact). False computes every token (tests).
         self.summary_only_last_layer = True
         self.last_token_count = 0
         gpt2_init(self)
-        self.register_buffer("dim_of_slot", torch.arange(n_dims).repeat_interleave(max_digits), persistent=False)
+        dim_of_slot = torch.arange(graphs.n_dims).repeat_interleave(graphs.max_digits)
+        self.register_buffer("dim_of_slot", dim_of_slot, persistent=False)
 
-    def forward(self, positions: torch.Tensor, checked: bool = False) -> torch.Tensor:
-        """Positions `[U, n_dims]` (distinct) → embeddings `[U, out_dim]`. `checked`: the caller
-        has checked that the positions are encodable (SeqPE checks a whole pass at once)."""
-        digits, significant = to_digits(positions, self.max_digits, self.base, checked=checked)
-        build = self._prefix_graph if self.share_prefixes else self._full_graph
-        digit, slot, keys, visible = build(digits, significant.bool())
-        x = self.digit_embedding(digit) + self.slot_embedding(slot)
+    def embed(self, positions: torch.Tensor) -> torch.Tensor:
+        """Positions `[U, n_dims]` (distinct) → embeddings `[U, out_dim]`."""
+        return self(self.graphs.graph(positions))
+
+    def forward(self, graph: DigitGraph) -> torch.Tensor:
+        """The embeddings `[graph.rows, out_dim]` of the positions laid out in `graph`."""
+        x = self.digit_embedding(graph.digit) + self.slot_embedding(graph.slot)
         if self.dim_embedding is not None:
-            x = x + self.dim_embedding(self.dim_of_slot[slot])
+            x = x + self.dim_embedding(self.dim_of_slot[graph.slot])
         # The summary tokens come last, one per position: at the END of its sequence, so under a
         # causal mask it still sees every digit.
         # No dropout on these input embeddings (as the reference): with shared prefixes one token
         # stands for many positions, and dropout lives in the blocks' residual branches.
-        x = torch.cat([x, self.summary_token.expand(positions.shape[0], -1)])
+        x = torch.cat([x, self.summary_token.expand(graph.rows, -1)])
         self.last_token_count = x.shape[0]  # for FLOP counting: what this pass really computed
-        rows, last = positions.shape[0], len(self.layers) - 1
+        last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            outputs = rows if index == last and self.summary_only_last_layer else None
-            x = layer(x, keys, visible, outputs)
-        return self.out_proj(self.final_norm(x[-rows:])) / self.temperature
-
-    def _visible(self, significant: torch.Tensor, own_slot: torch.Tensor) -> torch.Tensor:
-        """Which of the S+1 keys (S digits, then the summary) each token sees.
-
-        Causal: keys up to its own slot. Padding digits are hidden when `mask_padding`, but a
-        token always sees itself: a row with no visible key would give NaNs that leak into the
-        summary token through the next layer's values."""
-        columns = torch.arange(self.seq_len + 1, device=significant.device)
-        visible = torch.ones(own_slot.shape[0], self.seq_len + 1, dtype=torch.bool, device=significant.device)
-        if self.causal:
-            visible &= columns <= own_slot[:, None]
-        if self.mask_padding:
-            padded = torch.cat([~significant, torch.zeros_like(significant[:, :1])], dim=1)
-            visible &= ~padded | (columns == own_slot[:, None])
-        return visible
-
-    def _prefix_graph(self, digits: torch.Tensor, significant: torch.Tensor):
-        """One token per distinct digit prefix; token keys are its prefix's tokens (causal).
-
-        Every slot's prefixes are de-duplicated by ONE unique (one host sync, not one per slot):
-        a prefix is keyed with a leading digit 1, so slot s's keys lie in [base^(s+1), 2 base^(s+1))
-        and never meet another slot's; sorted, they list the tokens slot by slot."""
-        rows, device = digits.shape[0], digits.device
-        marked = torch.empty_like(digits)
-        prefix = torch.ones(rows, dtype=torch.int64, device=device)
-        for slot in range(self.seq_len):
-            prefix = prefix * self.base + digits[:, slot]
-            marked[:, slot] = prefix
-        distinct, nodes = torch.unique(marked, return_inverse=True)  # nodes [U, S]: each row's prefix tokens
-        offset, row = distinct.numel(), torch.arange(rows, device=device)
-        cells = nodes.flatten()
-        # Any row holding a token stands for it: those rows agree on the digits up to its slot.
-        representative = torch.empty_like(distinct).scatter_(0, cells, row.repeat_interleave(self.seq_len))
-        node_slot = torch.empty_like(distinct).scatter_(0, cells, torch.arange(self.seq_len, device=device).repeat(rows))
-        summary = offset + row
-        rep = torch.cat([representative, row])  # a row that has each token
-        slot = torch.cat([node_slot, torch.full((rows,), self.seq_len, device=device)])
-        keys = torch.cat([nodes[rep], summary[rep, None]], dim=1)  # later slots are hidden below
-        return distinct % self.base, node_slot, keys, self._visible(significant[rep], slot)
-
-    def _full_graph(self, digits: torch.Tensor, significant: torch.Tensor):
-        """One token per digit of every position; each attends over its whole sequence."""
-        rows, device = digits.shape[0], digits.device
-        row = torch.arange(rows, device=device)
-        row_keys = torch.cat([row[:, None] * self.seq_len + torch.arange(self.seq_len, device=device),
-                              rows * self.seq_len + row[:, None]], dim=1)  # [U, S+1]
-        owner = torch.cat([row.repeat_interleave(self.seq_len), row])
-        slot = torch.cat([torch.arange(self.seq_len, device=device).repeat(rows),
-                          torch.full((rows,), self.seq_len, device=device)])
-        return digits.flatten(), slot[:-rows], row_keys[owner], self._visible(significant[owner], slot)
+            outputs = graph.rows if index == last and self.summary_only_last_layer else None
+            x = layer(x, graph.keys, graph.visible, outputs)
+        return self.out_proj(self.final_norm(x[-graph.rows:])) / self.temperature
 
 
 class SeqPE(PositionEncoding):
@@ -184,12 +129,11 @@ class SeqPE(PositionEncoding):
 
     def __init__(self, position: PositionConfig, model: ModelConfig) -> None:
         super().__init__(position.n_dims)
-        self.max_digits = digits_needed(position.max_position, position.base)
+        graphs = DigitGraphs.for_position(position)
+        self.max_digits, self.base = graphs.max_digits, graphs.base
         self.encoder = SeqPEEncoder(
-            n_dims=position.n_dims, max_digits=self.max_digits, base=position.base,
-            width=position.d_pe or model.d_model, n_layer=position.encoder_layers,
+            graphs, width=position.d_pe or model.d_model, n_layer=position.encoder_layers,
             n_head=position.encoder_heads or model.n_head, out_dim=model.d_model,
-            causal=position.attn_direction == "causal", mask_padding=position.mask_padding,
             final_layernorm=position.final_layernorm, temperature=position.temperature,
             dropout=position.encoder_dropout, attention_dropout=position.encoder_attention_dropout)
         self.n_head, self.d_model = model.n_head, model.d_model
@@ -200,12 +144,6 @@ class SeqPE(PositionEncoding):
             count = model.n_layer if position.attn_scalar_proj == "multi" else 1
             self.qk_projections.extend(nn.Linear(model.d_model, 2 * model.d_model) for _ in range(count))
             gpt2_init(self.qk_projections)
-        # Coordinates are folded into one int64 key so that de-duplication is a 1-D unique.
-        self.coordinate_limit = coordinate_limit = position.base ** self.max_digits
-        if coordinate_limit ** position.n_dims >= 2 ** 62:
-            raise ConfigError("position.max_position: too many digits per dimension to index positions")
-        strides = coordinate_limit ** torch.arange(position.n_dims - 1, -1, -1, dtype=torch.int64)
-        self.register_buffer("key_strides", strides, persistent=False)
         self._table: tuple | None = None  # (key, extents, embeddings, qk per projection)
 
     # ----------------------------------------------------------------- unique-position batching
@@ -214,20 +152,10 @@ class SeqPE(PositionEncoding):
         embeddings, inverses = self._encode_unique(position_tensors)
         return [embeddings[index] for index in inverses]
 
-    def _encode_unique(self, position_tensors: Sequence[torch.Tensor]):
-        flat = torch.cat([p.reshape(-1, self.n_dims).to(torch.int64) for p in position_tensors])
-        # Every tensor's range is checked before the encoder runs: a key would wrap an overflow silently.
-        # The check reads its copy of the bounds after the unique, whose host sync it shares.
-        range_check = DeferredRangeCheck(position_tensors, flat, self.max_digits, self.encoder.base)
-        unique_keys, inverse = torch.unique((flat * self.key_strides).sum(-1), return_inverse=True)
-        range_check.finish()
-        embeddings = self.encoder(self._unravel(unique_keys), checked=True)
-        counts = [p.numel() // self.n_dims for p in position_tensors]
-        inverses = [i.view(p.shape[:-1]) for i, p in zip(inverse.split(counts), position_tensors)]
-        return embeddings, inverses
-
-    def _unravel(self, keys: torch.Tensor) -> torch.Tensor:
-        return torch.div(keys[:, None], self.key_strides, rounding_mode="floor") % self.coordinate_limit
+    def _encode_unique(self, position_tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(embeddings of the distinct positions, per tensor the index of each position's row)."""
+        prepared = self.encoder.graphs.encoder_pass(position_tensors)
+        return self.encoder(prepared.graph), prepared.inverses
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         return self.encoder.parameters()
@@ -246,7 +174,11 @@ class SeqPE(PositionEncoding):
         if not self.training and not torch.is_grad_enabled() and objectives is None:
             return self._signal_from_table(positions, prefix)
         named = objectives.named_positions() if objectives is not None else {}
-        embeddings, inverses = self._encode_unique([positions, *named.values()])
+        prepared = objectives.prepared_pass(positions) if objectives is not None else None
+        if prepared is not None:  # laid out by the planner, off the critical path: no host sync here
+            embeddings, inverses = self.encoder(prepared.graph), prepared.inverses
+        else:
+            embeddings, inverses = self._encode_unique([positions, *named.values()])
         main = inverses[0]
         signal = self._signal(embeddings[main], [projection(embeddings)[main] for projection in self.qk_projections],
                               prefix)
@@ -298,18 +230,18 @@ class SeqPE(PositionEncoding):
         It grows to at least twice its extent in each dimension it overflows, so that a sequence
         decoded token by token rebuilds it O(log length) times, not once per token.
         """
-        check_encodable(positions, self.max_digits, self.encoder.base)
+        check_encodable(positions, self.max_digits, self.base)
         needed = positions.reshape(-1, self.n_dims).amax(0) + 1
         key = (positions.device, torch.is_autocast_enabled(), tuple(p._version for p in self.parameters()))
         if self._table is None or self._table[0] != key or bool((needed > self._table[1]).any()):
             extents = needed
             if self._table is not None and self._table[0] == key:
                 old = self._table[1]
-                grown = torch.maximum(needed, 2 * old).clamp(max=self.coordinate_limit)
+                grown = torch.maximum(needed, 2 * old).clamp(max=self.encoder.graphs.coordinate_limit)
                 extents = torch.where(needed > old, grown, old)
             grid = torch.stack(torch.meshgrid(*[torch.arange(int(e), device=positions.device) for e in extents],
                                               indexing="ij"), dim=-1).reshape(-1, self.n_dims)
-            embeddings = self.encoder(grid)
+            embeddings = self.encoder.embed(grid)
             self._table = (key, extents, embeddings, [p(embeddings) for p in self.qk_projections])
         _, extents, embeddings, qk = self._table
         strides = torch.ones_like(extents)
