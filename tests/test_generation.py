@@ -70,7 +70,7 @@ def test_a_prompt_fed_in_chunks_through_the_cache_gives_the_full_forward_logits(
 def test_the_seqpe_encoder_runs_a_logarithmic_number_of_times_not_once_per_token():
     model = tiny_model("seqpe")
     calls = []
-    model.position.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    model.position.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].rows))
     tokens = list(generate(model, PROMPT, Sampling(max_new_tokens=120, temperature=0)))
     assert len(tokens) == 120
     assert len(calls) <= 1 + math.ceil(math.log2((len(PROMPT) + 120) / len(PROMPT))), calls  # 5 → 10 → ... → 160

@@ -1,8 +1,8 @@
 """Which positions a training step uses (docs/method.md §2.1) and what the SeqPE objectives sample.
 
 A planner gives each training micro-batch its `StepPlan`: the positions of the model's tokens
-and, for SeqPE, the objectives' sample with the step's encoder pass laid out. The position module reads the plan; the trainer only
-passes it along, so it never needs to know which scheme it trains.
+and, for SeqPE, the objectives' sample with the step's encoder pass laid out. The position module
+reads the plan; the trainer only passes it along, so it never needs to know which scheme it trains.
 
 Every random choice is a pure function of (seed, step, rank): a resumed run draws exactly what
 an uninterrupted one would, with no generator state to checkpoint. Choices that must agree
@@ -43,8 +43,6 @@ def to_device(value: Any, device: torch.device, moved: Optional[dict[int, torch.
     return value
 
 
-
-
 @dataclass
 class StepPlan:
     positions: torch.Tensor  # [B|1, N, n_dims]: a window of L tokens, or a grid of patches
@@ -74,8 +72,8 @@ class SeqPEStepPlanner(StepPlanner):
     count. The objectives' positions are sampled on every micro-batch, distillation only on
     unshifted ones. The plan carries the step's encoder pass (digit_graph.py), laid out on the host
     over the model's positions and the objectives': the model's step then runs it with no host sync
-    (the pass's two `torch.unique` calls are the planner's). The constructor checks every constraint of the settings, so a bad one fails
-    at start-up naming its key rather than at the first step."""
+    (the pass's two `torch.unique` calls are the planner's). The constructor checks every constraint
+    of the settings, so a bad one fails at start-up naming its key rather than at the first step."""
 
     def __init__(self, config: Config, extents: tuple[int, ...]) -> None:
         super().__init__(config, extents)
