@@ -20,11 +20,14 @@ def children(pid):
 def test_kill_minus_nine_then_rerun_resumes_with_identical_losses(tmp_path, data_manifest):
     steps = {"max_steps": 12, "save_every": 4, "eval_every": 100}
     reference = tiny_config(tmp_path, data_manifest, name="reference", train=steps)
-    check(train(reference))
-    expected = train_losses(tmp_path / "reference")
-
     config = tiny_config(tmp_path, data_manifest, name="killed", train=steps)
     run_dir = tmp_path / "killed"
+    # The uninterrupted reference runs beside the run to be killed (own directory and port), its
+    # output to a file: nothing reads a pipe of it until the end.
+    log = tmp_path / "reference.log"
+    with log.open("w") as sink:
+        uninterrupted = subprocess.Popen(train_command(reference), cwd=REPO, env=environment(), stdout=sink,
+                                         stderr=subprocess.STDOUT)
     process = subprocess.Popen(train_command(config), cwd=REPO, env=environment(), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_step(run_dir, 6, process)  # past the checkpoint at step 4
@@ -34,6 +37,8 @@ def test_kill_minus_nine_then_rerun_resumes_with_identical_losses(tmp_path, data
     process.communicate(timeout=120)
     assert process.returncode != 0
     assert (run_dir / "checkpoints" / "latest").read_text() in ("step_00000004", "step_00000008")
+    assert uninterrupted.wait(timeout=300) == 0, log.read_text()[-3000:]
+    expected = train_losses(tmp_path / "reference")
 
     result = train(config)  # the same command resumes
     check(result)

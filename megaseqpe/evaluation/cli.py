@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..process_exit import skip_final_collection
+
 
 def comma_separated_sizes(text: str) -> list[int]:
     """argparse type of --lengths / --resolutions: positive integers separated by commas."""
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="qa: exact match on a `megaseqpe-prep qa` set per length and depth, written to "
                              "qa.{json,md,png} (default for task: qa runs; a language-model run needs --data)")
     args = parser.parse_args(argv)
+    skip_final_collection()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from ..config import ConfigError, load_config
     from ..data import CorruptShardError, ManifestError

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from ..process_exit import skip_final_collection
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -87,6 +89,7 @@ def _export(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    skip_final_collection()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed is imported only to read ZeRO checkpoints
     from ..config import ConfigError
     from ..data import ManifestError

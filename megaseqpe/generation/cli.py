@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from ..process_exit import skip_final_collection
+
 if TYPE_CHECKING:  # the CLI imports torch and the library only once its arguments parse
     from ..data.manifest import TokenizerInfo
 
@@ -117,6 +119,7 @@ def _document_start(task: Any, eos_id: int) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    skip_final_collection()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed is imported only to read ZeRO checkpoints
     from ..config import ConfigError
     from ..data import ManifestError

@@ -6,6 +6,7 @@ import os
 import sys
 
 from ..config import ConfigError, dump_config, load_config
+from ..process_exit import skip_final_collection
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (YAML, after overrides and aliases) and exit without training")
     args = parser.parse_args(argv)
+    skip_final_collection()
     try:  # before torch is imported (seconds): a mistyped key is reported at once
         config = load_config(args.config, args.overrides)
         if args.print_config:
