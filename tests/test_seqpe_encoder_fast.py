@@ -95,7 +95,7 @@ ON_CUDA_TOO = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cu
 @pytest.mark.parametrize("device", ON_CUDA_TOO)
 def test_a_planned_training_pass_never_reads_the_device(device):
     module, plan = planned_pass(device)
-    assert plan.objectives.prepared_pass(plan.positions) is not None  # still the plan's own tensor on the device
+    assert plan.objectives.prepared_pass(plan.positions, module.encoder.graphs.layout) is not None  # on the device
     with HostReads() as reads:
         signal = module(plan.positions, plan.objectives)
     assert set(signal.aux_losses) == {"seqpe_contrastive_loss", "seqpe_distill_loss"}
@@ -106,13 +106,25 @@ def test_a_planned_training_pass_never_reads_the_device(device):
 def test_positions_derived_from_the_plans_read_the_device_only_for_their_two_uniques(device):
     module, plan = planned_pass(device)
     restarted = plan.positions.clone()  # as document masking derives its own: not the planned tensor
-    assert plan.objectives.prepared_pass(restarted) is None
+    assert plan.objectives.prepared_pass(restarted, module.encoder.graphs.layout) is None
     with HostReads() as reads:
         signal = module(restarted, plan.objectives)
     assert set(signal.aux_losses) == {"seqpe_contrastive_loss", "seqpe_distill_loss"}
     # Unique positions, then every digit prefix at once; the range check of all five tensors reads
     # its bounds after the first unique's sync, with no host read of its own.
     assert reads.counts == {"_unique2": 2}
+
+
+def test_the_planned_pass_serves_aliases_of_the_plans_positions_only_while_they_hold_its_values():
+    module, plan = planned_pass("cpu", shift_rate=1.0)  # shifted: positions [B, N, 1] of their own
+    layout, sample = module.encoder.graphs.layout, plan.objectives
+    assert sample.prepared_pass(plan.positions.detach(), layout) is not None  # as ZeRO-3's module hooks pass it
+    assert sample.prepared_pass(plan.positions[:, :-1], layout) is None  # trimmed: other positions
+    assert sample.prepared_pass(plan.positions.clone(), layout) is None  # equal values, but nothing vouches for them
+    module.encoder.graphs.share_prefixes = False
+    assert sample.prepared_pass(plan.positions, module.encoder.graphs.layout) is None  # laid out otherwise
+    plan.positions[0, 0, 0] += 1  # written in place after planning
+    assert sample.prepared_pass(plan.positions, layout) is None
 
 
 @pytest.mark.parametrize("shift_rate", [0.0, 1.0])

@@ -19,6 +19,8 @@ def test_teacher_shared_students_per_rank_and_one_encoder_pass(tmp_path, data_ma
     assert result.returncode == 0, result.stderr[-4000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank_{r}.pt") for r in (0, 1))
     assert rank0["passes"] == rank1["passes"] == [1, 1, 1], "one encoder pass per step"
+    # The planner's pass reaches the model through DeepSpeed's engine and ZeRO-3's module hooks.
+    assert rank0["own_layouts"] == rank1["own_layouts"] == [0, 0, 0], "the model ran the planner's pass"
     for step in range(3):
         assert torch.equal(rank0["teacher_positions"][step], rank1["teacher_positions"][step])
         assert torch.equal(rank0["teacher_embeddings"][step], rank1["teacher_embeddings"][step])

@@ -82,16 +82,15 @@ class ContrastiveObjective:
         return self._epochs[key]
 
     # ----------------------------------------------------------------- candidates
-    def sample(self, rng: np.random.Generator, pivots: np.ndarray,
-               device: torch.device | str = "cpu") -> ContrastiveBatch:
-        """Candidates and labels for `pivots` `[P, n_dims]`, drawn from `rng`."""
+    def sample(self, rng: np.random.Generator, pivots: np.ndarray) -> ContrastiveBatch:
+        """Candidates and labels for `pivots` `[P, n_dims]`, drawn from `rng` (host tensors)."""
         candidates, labels = [], []
         for pivot, mode in zip(pivots, rng.choice(3, size=len(pivots), p=self.shares)):
             randoms = self._uniform(rng, self.num + 1)
             kept = self._assemble(pivot, [self._special(int(mode), pivot, randoms, rng), randoms], rng)
             candidates.append(kept)
             labels.append(int(np.argmin(squared_distance(kept, pivot))))
-        as_tensor = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.int64, device=device)
+        as_tensor = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.int64)
         return ContrastiveBatch(as_tensor(pivots), as_tensor(candidates), as_tensor(labels))
 
     def _uniform(self, rng: np.random.Generator, count: int) -> np.ndarray:

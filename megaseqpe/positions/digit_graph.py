@@ -41,6 +41,7 @@ class EncoderPass:
 
     graph: DigitGraph
     inverses: list[torch.Tensor]
+    layout: tuple  # `DigitGraphs.layout` of the layout that made it
 
 
 class DigitGraphs:
@@ -56,6 +57,11 @@ class DigitGraphs:
         self.coordinate_limit = base ** max_digits
         if self.coordinate_limit ** n_dims >= 2 ** 62:
             raise ConfigError("position.max_position: too many digits per dimension to index positions")
+
+    @property
+    def layout(self) -> tuple:
+        """Every setting the layout depends on: two `DigitGraphs` with one layout lay positions out alike."""
+        return self.n_dims, self.max_digits, self.base, self.causal, self.mask_padding, self.share_prefixes
 
     @classmethod
     def for_position(cls, position: PositionConfig) -> "DigitGraphs":
@@ -77,7 +83,7 @@ class DigitGraphs:
         range_check.finish()
         counts = [p.numel() // self.n_dims for p in position_tensors]
         inverses = [i.view(p.shape[:-1]) for i, p in zip(inverse.split(counts), position_tensors)]
-        return EncoderPass(self.graph(self._unravel(unique_keys), checked=True), inverses)
+        return EncoderPass(self.graph(self._unravel(unique_keys), checked=True), inverses, self.layout)
 
     def _unravel(self, keys: torch.Tensor) -> torch.Tensor:
         powers = [self.coordinate_limit ** (self.n_dims - 1 - dim) for dim in range(self.n_dims)]

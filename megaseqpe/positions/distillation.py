@@ -62,16 +62,16 @@ class DistillationObjective:
         return low, self.limit - extents
 
     def sample(self, train_extents: tuple[int, ...], shared_rng: np.random.Generator,
-               local_rng: np.random.Generator, device: torch.device | str = "cpu") -> DistillationBatch:
+               local_rng: np.random.Generator) -> DistillationBatch:
         """Teacher slots come from `shared_rng` (identical on every rank), student starts from
-        `local_rng` (per rank)."""
+        `local_rng` (per rank); host tensors."""
         self.check(train_extents)
         extents = np.asarray(train_extents, dtype=np.int64)
         flat = np.stack([shared_rng.choice(int(np.prod(extents)), size=self.slots, replace=False)
                          for _ in range(self.examples)])
         teacher = np.stack(np.unravel_index(flat, tuple(extents)), axis=-1)
         student = teacher + self._student_starts(extents, local_rng)[:, None, :]
-        as_tensor = lambda x: torch.as_tensor(x, dtype=torch.int64, device=device)
+        as_tensor = lambda x: torch.as_tensor(x, dtype=torch.int64)
         return DistillationBatch(as_tensor(teacher), as_tensor(student))
 
     def _student_starts(self, extents: np.ndarray, rng: np.random.Generator) -> np.ndarray:

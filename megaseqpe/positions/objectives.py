@@ -25,20 +25,35 @@ __all__ = ["ContrastiveBatch", "ContrastiveObjective", "DistillationBatch", "Dis
            "ObjectiveSample", "SeqPEObjectives"]
 
 
+def _where_and_when(tensor: torch.Tensor) -> tuple:
+    """What makes two tensors the same values without reading them: one memory, one layout, and no
+    in-place write since (the version counter, which views and `detach()` share)."""
+    return tensor.device, tensor.dtype, tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor._version
+
+
 @dataclass
 class ObjectiveSample:
     """What `SeqPEObjectives.sample` drew for one step, and, from the step planner, one encoder pass
-    laid out over `model_positions` (the plan's) and every position drawn here, in that order."""
+    laid out over the plan's positions and every position drawn here, in that order."""
 
     contrastive: Optional[ContrastiveBatch]
     distillation: Optional[DistillationBatch]
     encoder_pass: Optional[EncoderPass] = None
-    model_positions: Optional[torch.Tensor] = None
+    model_positions: Optional[torch.Tensor] = None  # the plan's, which `encoder_pass` covers first
+    _model_positions_as_planned: tuple = ()
 
-    def prepared_pass(self, positions: torch.Tensor) -> Optional[EncoderPass]:
-        """The planner's encoder pass if it was laid out for `positions`, the plan's own tensor (a task
-        that derives other positions from them, as document masking restarts them, gets None)."""
-        return self.encoder_pass if positions is self.model_positions else None
+    def planned_for(self, positions: torch.Tensor) -> None:
+        """Record `positions` (on the step's device) as the model positions `encoder_pass` covers."""
+        self.model_positions, self._model_positions_as_planned = positions, _where_and_when(positions)
+
+    def prepared_pass(self, positions: torch.Tensor, layout: tuple) -> Optional[EncoderPass]:
+        """The planner's encoder pass if it was laid out by `layout` (`DigitGraphs.layout`) for
+        `positions`: the plan's tensor, or a view or detached alias of it (ZeRO-3's module hooks
+        re-wrap tensor arguments), unwritten since. Positions a task derives from the plan's (document
+        masking restarts them at each document) get None: the model then de-duplicates them itself."""
+        if self.encoder_pass is None or self.encoder_pass.layout != layout:
+            return None
+        return self.encoder_pass if _where_and_when(positions) == self._model_positions_as_planned else None
 
     def named_positions(self) -> dict[str, torch.Tensor]:
         """Every position tensor the objectives need, by the name `SeqPEObjectives.losses` reads."""
@@ -73,17 +88,17 @@ class SeqPEObjectives:
 
     def sample(self, train_extents: tuple[int, ...], shared_rng: np.random.Generator,
                local_rng: np.random.Generator, *, seed: int, step: int, rank: int,
-               device: torch.device | str = "cpu", distill: bool = True) -> ObjectiveSample:
+               distill: bool = True) -> ObjectiveSample:
         """The step's sample: contrastive pivots from the rank's epoch order at `step`, candidates
         and student starts from `local_rng`, teacher slots from `shared_rng`. `distill=False`
         skips distillation (the reference distils only on unshifted steps)."""
         contrastive = None
         if self.contrastive is not None:
             pivots = self.contrastive.epoch_pivots(seed, rank, step)
-            contrastive = self.contrastive.sample(local_rng, pivots, device)
+            contrastive = self.contrastive.sample(local_rng, pivots)
         distillation = None
         if self.distillation is not None and distill:
-            distillation = self.distillation.sample(train_extents, shared_rng, local_rng, device)
+            distillation = self.distillation.sample(train_extents, shared_rng, local_rng)
         return ObjectiveSample(contrastive, distillation)
 
     def losses(self, sample: ObjectiveSample, embeddings: Mapping[str, torch.Tensor],

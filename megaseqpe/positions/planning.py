@@ -27,8 +27,9 @@ from .objectives import ObjectiveSample, SeqPEObjectives
 def to_device(value: Any, device: torch.device, moved: Optional[dict[int, torch.Tensor]] = None) -> Any:
     """`value` (a tensor, or a dataclass, list or tuple holding tensors) with every tensor on `device`;
     a tensor held in several places is moved once and stays one object there (`moved`: by id). To
-    CUDA the copies are pinned and non-blocking: the planner's thread queues them without waiting,
-    and kernels queued after them on the stream read them once they have landed."""
+    CUDA the copies are pinned and non-blocking: the planner's thread queues them without waiting on
+    the device's default stream, and the step's kernels, queued after them on that same stream (the
+    trainer computes on it), read them once they have landed."""
     moved = {} if moved is None else moved
     if isinstance(value, torch.Tensor):
         if id(value) not in moved:
@@ -131,10 +132,11 @@ class SeqPEStepPlanner(StepPlanner):
             positions = starts[:, None, :] + self.window
         else:
             positions = self.window.unsqueeze(0)
-        sample = ObjectiveSample(None, None)
+        sample = ObjectiveSample(None, None)  # with both objectives off, it still carries the encoder pass
         if self.objectives is not None:
             sample = self.objectives.sample(self.extents, shared, local, seed=self.seed, step=step, rank=rank,
                                             distill=not shifted)
         sample.encoder_pass = self.graphs.encoder_pass([positions, *sample.named_positions().values()])
-        sample.model_positions = positions
-        return to_device(StepPlan(positions, sample, shifted), device)
+        plan = to_device(StepPlan(positions, sample, shifted), device)
+        plan.objectives.planned_for(plan.positions)
+        return plan

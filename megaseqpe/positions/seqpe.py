@@ -129,10 +129,8 @@ class SeqPE(PositionEncoding):
 
     def __init__(self, position: PositionConfig, model: ModelConfig) -> None:
         super().__init__(position.n_dims)
-        graphs = DigitGraphs.for_position(position)
-        self.max_digits, self.base = graphs.max_digits, graphs.base
         self.encoder = SeqPEEncoder(
-            graphs, width=position.d_pe or model.d_model, n_layer=position.encoder_layers,
+            DigitGraphs.for_position(position), width=position.d_pe or model.d_model, n_layer=position.encoder_layers,
             n_head=position.encoder_heads or model.n_head, out_dim=model.d_model,
             final_layernorm=position.final_layernorm, temperature=position.temperature,
             dropout=position.encoder_dropout, attention_dropout=position.encoder_attention_dropout)
@@ -174,7 +172,8 @@ class SeqPE(PositionEncoding):
         if not self.training and not torch.is_grad_enabled() and objectives is None:
             return self._signal_from_table(positions, prefix)
         named = objectives.named_positions() if objectives is not None else {}
-        prepared = objectives.prepared_pass(positions) if objectives is not None else None
+        graphs = self.encoder.graphs
+        prepared = objectives.prepared_pass(positions, graphs.layout) if objectives is not None else None
         if prepared is not None:  # laid out by the planner, off the critical path: no host sync here
             embeddings, inverses = self.encoder(prepared.graph), prepared.inverses
         else:
@@ -230,7 +229,8 @@ class SeqPE(PositionEncoding):
         It grows to at least twice its extent in each dimension it overflows, so that a sequence
         decoded token by token rebuilds it O(log length) times, not once per token.
         """
-        check_encodable(positions, self.max_digits, self.base)
+        graphs = self.encoder.graphs
+        check_encodable(positions, graphs.max_digits, graphs.base)
         needed = positions.reshape(-1, self.n_dims).amax(0) + 1
         key = (positions.device, torch.is_autocast_enabled(), tuple(p._version for p in self.parameters()))
         if self._table is None or self._table[0] != key or bool((needed > self._table[1]).any()):
