@@ -28,16 +28,19 @@ def test_kill_minus_nine_then_rerun_resumes_with_identical_losses(tmp_path, data
     with log.open("w") as sink:
         uninterrupted = subprocess.Popen(train_command(reference), cwd=REPO, env=environment(), stdout=sink,
                                          stderr=subprocess.STDOUT)
-    process = subprocess.Popen(train_command(config), cwd=REPO, env=environment(), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_for_step(run_dir, 6, process)  # past the checkpoint at step 4
-    workers = children(process.pid)
-    assert len(workers) == 2
-    os.kill(workers[1], signal.SIGKILL)
-    process.communicate(timeout=120)
-    assert process.returncode != 0
-    assert (run_dir / "checkpoints" / "latest").read_text() in ("step_00000004", "step_00000008")
-    assert uninterrupted.wait(timeout=300) == 0, log.read_text()[-3000:]
+    try:
+        process = subprocess.Popen(train_command(config), cwd=REPO, env=environment(), text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for_step(run_dir, 6, process)  # past the checkpoint at step 4
+        workers = children(process.pid)
+        assert len(workers) == 2
+        os.kill(workers[1], signal.SIGKILL)
+        process.communicate(timeout=120)
+        assert process.returncode != 0
+        assert (run_dir / "checkpoints" / "latest").read_text() in ("step_00000004", "step_00000008")
+        assert uninterrupted.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        uninterrupted.kill()  # a no-op once it has finished; else it must not outlive a failed test
     expected = train_losses(tmp_path / "reference")
 
     result = train(config)  # the same command resumes

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="qa: exact match on a `megaseqpe-prep qa` set per length and depth, written to "
                              "qa.{json,md,png} (default for task: qa runs; a language-model run needs --data)")
     args = parser.parse_args(argv)
-    skip_final_collection()
+    skip_final_collection(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from ..config import ConfigError, load_config
     from ..data import CorruptShardError, ManifestError

@@ -119,7 +119,7 @@ def _document_start(task: Any, eos_id: int) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    skip_final_collection()
+    skip_final_collection(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed is imported only to read ZeRO checkpoints
     from ..config import ConfigError
     from ..data import ManifestError

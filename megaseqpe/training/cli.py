@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (YAML, after overrides and aliases) and exit without training")
     args = parser.parse_args(argv)
-    skip_final_collection()
+    skip_final_collection(argv)
     try:  # before torch is imported (seconds): a mistyped key is reported at once
         config = load_config(args.config, args.overrides)
         if args.print_config:
