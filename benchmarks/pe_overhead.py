@@ -8,7 +8,8 @@ length (batch 1, no grad): learned (interpolated table) against SeqPE (cached ta
 and SeqPE at a larger batch (--large-batch, default 32) at the last size and length.
 
 Time: the variants of one (size, length) interleaved step by step, median of --steps after
---warmup. Memory: each variant in a fresh process, peak RSS growth over two calls. Ratios are to
+--warmup. SeqPE's step samples its objectives and de-duplicates and lays out its positions itself:
+the work a training run's step planner does before the step (on a GPU, in a background thread). Memory: each variant in a fresh process, peak RSS growth over two calls. Ratios are to
 learned APE. Writes benchmarks/results/pe_overhead.json.
 
     python benchmarks/pe_overhead.py                       # sizes 2x128,4x256; lengths 256,512
