@@ -53,6 +53,24 @@ def report_peak_growth(run: Callable[[], None], calls: int = 2) -> None:
     print(json.dumps({"peak_bytes": max(0, _status_bytes("VmHWM") - before)}))
 
 
+def tensor_peak_bytes(run: Callable[[], None], calls: int = 1) -> int:
+    """The largest, over `calls` calls of `run()`, of a call's peak bytes of live tensors less
+    parameters, gradients and buffers, from torch's MemTracker (torch.distributed._tools.mem_tracker,
+    one per call: it tracks one iteration), which follows every tensor's storage: on CPU, where the
+    allocator keeps no statistics and peak RSS mostly shows glibc's heap, this is what the tensors
+    themselves need."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    peaks = []
+    for _ in range(calls):
+        tracker = MemTracker()
+        with tracker:
+            run()
+        peaks.append(sum(size for peak in tracker.get_tracker_snapshot("peak").values() for kind, size in peak.items()
+                         if kind != "Total" and kind.name not in ("PARAM", "GRAD", "BUFFER")))
+    return max(peaks)
+
+
 def peak_in_subprocess(script: str, args: Sequence[str]) -> int:
     """Run `script args` (which ends in report_peak_growth) in a fresh process; its peak growth."""
     result = subprocess.run([sys.executable, script, *args], env={**os.environ, **ALLOCATOR_ENV},

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import ensure_allocator_env, time_interleaved, write_result  # noqa: E402
+from _measure import ensure_allocator_env, tensor_peak_bytes, time_interleaved, write_result  # noqa: E402
 
 from megaseqpe.config import ACTIVATION_CHECKPOINTING, Config, ModelConfig, PositionConfig  # noqa: E402
 from megaseqpe.model import build_gpt  # noqa: E402
@@ -51,8 +51,6 @@ def training_step(position: str, length: int, mode: str, args: argparse.Namespac
 
 def peak_bytes(run, device: torch.device) -> int:
     """Peak bytes of live tensors during `run()` above those alive before it (parameters, gradients)."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-
     run()  # gradients allocated
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -60,11 +58,7 @@ def peak_bytes(run, device: torch.device) -> int:
         torch.cuda.reset_peak_memory_stats()
         run()
         return torch.cuda.max_memory_allocated() - before
-    tracker = MemTracker()
-    with tracker:
-        run()
-    peak = tracker.get_tracker_snapshot("peak")[device]
-    return sum(size for kind, size in peak.items() if kind != "Total" and kind.name not in ("PARAM", "GRAD", "BUFFER"))
+    return tensor_peak_bytes(run)
 
 
 def measure(position: str, length: int, args: argparse.Namespace) -> dict:

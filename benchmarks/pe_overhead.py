@@ -9,8 +9,10 @@ and SeqPE at a larger batch (--large-batch, default 32) at the last size and len
 
 Time: the variants of one (size, length) interleaved step by step, median of --steps after
 --warmup. SeqPE's step samples its objectives and de-duplicates and lays out its positions itself:
-the work a training run's step planner does before the step (on a GPU, in a background thread). Memory: each variant in a fresh process, peak RSS growth over two calls. Ratios are to
-learned APE. Writes benchmarks/results/pe_overhead.json.
+the work a training run's step planner does before the step (on a GPU, in a background thread).
+Memory: each variant in a fresh process, peak RSS growth over two calls; for the evaluation forward
+also the live tensors' peak (torch's MemTracker), which RSS on CPU blurs. Ratios are to learned
+APE. Writes benchmarks/results/pe_overhead.json.
 
     python benchmarks/pe_overhead.py                       # sizes 2x128,4x256; lengths 256,512
     python benchmarks/pe_overhead.py --sizes 4x256 --lengths 512 --eval-len 0
@@ -26,7 +28,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import ensure_allocator_env, peak_in_subprocess, report_peak_growth, time_interleaved, write_result  # noqa: E402
+from _measure import (ensure_allocator_env, peak_in_subprocess, report_peak_growth, tensor_peak_bytes,  # noqa: E402
+                      time_interleaved, write_result)
 
 from megaseqpe.config import Config, ModelConfig, PositionConfig  # noqa: E402
 from megaseqpe.model import build_gpt  # noqa: E402
@@ -160,7 +163,18 @@ def main() -> None:
         print(f"evaluation forward at N = {args.eval_len}, {layers} layers x {width}", flush=True)
         result["eval_forward"] = measure(args, layers, width, int(args.lengths.split(",")[-1]), EVAL_VARIANTS)
         print_row(result["eval_forward"])
+        result["eval_forward"].update(eval_tensor_peaks(args, layers, width, int(args.lengths.split(",")[-1])))
     write_result("pe_overhead", result)
+
+
+def eval_tensor_peaks(args, layers: int, width: int, seq_len: int) -> dict:
+    """The evaluation variants' live-tensor peak over two calls of a fresh model (SeqPE's first call
+    builds its table), from torch's MemTracker: peak RSS growth moved by +-200 MiB between runs here."""
+    peaks = {n: tensor_peak_bytes(Variant(n, layers, width, seq_len, args).run, calls=2) for n in EVAL_VARIANTS}
+    ratios = {n: peaks[n] / peaks["eval_learned"] for n in EVAL_VARIANTS}
+    print("  live tensors: " + ", ".join(f"{n} {peaks[n] / 2**20:.0f} MiB x{ratios[n]:.2f}" for n in EVAL_VARIANTS),
+          flush=True)
+    return {"tensor_peak_bytes": peaks, "tensor_memory_ratio_to_learned": ratios}
 
 
 def print_row(row: dict) -> None:

@@ -61,9 +61,13 @@ def pe_section(data: dict) -> list[str]:
     if "eval_forward" in data:
         ev = data["eval_forward"]
         out += [f"**Evaluation forward, batch 1, N = {data['config']['eval_len']} ({ev['layers']} layers x {ev['width']})**", ""]
-        out += table(["variant", "seconds", "time / APE", "peak MiB", "memory / APE"],
+        tensors = ev.get("tensor_peak_bytes", {})
+        cells = lambda n: ([f"{tensors[n] / MiB:.0f}", f"{ev['tensor_memory_ratio_to_learned'][n]:.2f}"]
+                           if n in tensors else ["-", "-"])
+        out += table(["variant", "seconds", "time / APE", "peak RSS MiB", "RSS / APE", "live tensors MiB",
+                      "tensors / APE"],
                      [[n, f"{ev['seconds_median'][n]:.3f}", f"{ev['time_ratio_to_learned'][n]:.2f}",
-                       f"{ev['peak_bytes'][n] / MiB:.0f}", f"{ev['memory_ratio_to_learned'][n]:.2f}"]
+                       f"{ev['peak_bytes'][n] / MiB:.0f}", f"{ev['memory_ratio_to_learned'][n]:.2f}", *cells(n)]
                       for n in ev["seconds_median"]]) + [""]
     return out
 

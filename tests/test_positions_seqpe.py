@@ -3,6 +3,7 @@ import torch
 
 from megaseqpe.config import Config, ModelConfig, PositionConfig
 from megaseqpe.positions import SeqPE, build_position_encoding
+from megaseqpe.positions import seqpe as seqpe_module
 from megaseqpe.positions.objectives import ContrastiveBatch, DistillationBatch, ObjectiveSample
 
 
@@ -105,12 +106,16 @@ def test_inference_table_is_rebuilt_after_the_parameters_change():
     torch.testing.assert_close(after, before + 1.0)
 
 
-def test_two_dimensional_inference_table_matches_direct_encoding():
+@pytest.mark.parametrize("block", [2048, 4])  # one encoder pass for the table, or four
+def test_two_dimensional_inference_table_matches_direct_encoding(monkeypatch, block):
+    monkeypatch.setattr(seqpe_module, "TABLE_BLOCK", block)
     module = make_seqpe(n_dims=2, use="input_add").eval()
     grid = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij"), -1).view(1, 15, 2)
+    passes = count_encoder_calls(module)
     with torch.no_grad():
         cached = module(grid).input_embedding
         direct = module.encoder.embed(grid[0])
+    assert passes == ([4, 4, 4, 3] if block == 4 else [15]) + [15]  # the table's, then the direct one
     torch.testing.assert_close(cached[0], direct)
 
 

@@ -23,6 +23,10 @@ from .digits import check_encodable
 from .objectives import ObjectiveSample, SeqPEObjectives
 
 
+# Positions per encoder pass when the inference table is built (see `_signal_from_table`).
+TABLE_BLOCK = 2048
+
+
 def gpt2_init(module: nn.Module) -> None:
     """GPT-2's initialisation (normal(0, 0.02) weights, zero biases), which the reference's
     encoder receives from its host model. PyTorch's default would make SeqPE's output ~30x
@@ -241,7 +245,9 @@ class SeqPE(PositionEncoding):
                 extents = torch.where(needed > old, grown, old)
             grid = torch.stack(torch.meshgrid(*[torch.arange(int(e), device=positions.device) for e in extents],
                                               indexing="ij"), dim=-1).reshape(-1, self.n_dims)
-            embeddings = self.encoder.embed(grid)
+            # In blocks of positions: one pass over the whole grid would keep every prefix token's
+            # keys and values, gathered per token, alive at once.
+            embeddings = torch.cat([self.encoder.embed(block) for block in grid.split(TABLE_BLOCK)])
             self._table = (key, extents, embeddings, [p(embeddings) for p in self.qk_projections])
         _, extents, embeddings, qk = self._table
         strides = torch.ones_like(extents)
