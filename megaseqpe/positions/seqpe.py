@@ -241,7 +241,7 @@ class SeqPE(PositionEncoding):
             extents = needed
             if self._table is not None and self._table[0] == key:
                 old = self._table[1]
-                grown = torch.maximum(needed, 2 * old).clamp(max=self.encoder.graphs.coordinate_limit)
+                grown = torch.maximum(needed, 2 * old).clamp(max=graphs.coordinate_limit)
                 extents = torch.where(needed > old, grown, old)
             grid = torch.stack(torch.meshgrid(*[torch.arange(int(e), device=positions.device) for e in extents],
                                               indexing="ij"), dim=-1).reshape(-1, self.n_dims)
